@@ -1,0 +1,454 @@
+"""Tests of lsp_kd.py: the LSP loss (Eq. 3-8) and the union graph (Sec. 3.5) against a
+per-node Python loop written here, their properties (LS_i sums to 1, loss 0 iff equal
+structures, no gradient to the teacher, stability), and the KD / FitNet / AT baselines
+against hand-written formulas."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lsp_kd import (KERNELS, at_loss, fitnet_loss, kd_loss, local_structure, lsp_loss,
+                    union_graph)
+
+
+# ----------------------------------------------------------------------------------------
+# Reference: one centre node at a time
+
+def ref_sim(kernel, z_i, z_j, sigma=1.0, degree=2, c=0.0, scale=100.0):
+    """SIM(z_i, z_j) written out from Eq. (4), Eq. (8) and the official code."""
+    if kernel == "l2":                                       # Eq. (4), literal
+        return ((z_i - z_j) ** 2).sum()
+    if kernel == "rbf":
+        return torch.exp(-((z_i - z_j) ** 2).sum() / (2 * sigma ** 2))
+    if kernel == "poly":
+        return ((z_i * z_j).sum() + c) ** degree
+    if kernel == "linear":
+        return (z_i * z_j).sum()
+    if kernel == "l1_official":
+        return torch.exp(-(z_i - z_j).abs().sum() / scale)
+    raise AssertionError(kernel)
+
+
+def ref_log_local_structure(feat, edge_index, kernel, **kw):
+    """log LS per edge, Eq. (3): a (log-)softmax of SIM over the incoming edges of each
+    centre i."""
+    feat = feat.detach().double()
+    src, dst = edge_index.tolist()
+    log_ls = torch.zeros(len(src), dtype=torch.float64)
+    for i in range(feat.size(0)):
+        edges = [e for e in range(len(src)) if dst[e] == i]
+        if not edges:
+            continue
+        sims = torch.stack([ref_sim(kernel, feat[i], feat[src[e]], **kw) for e in edges])
+        log_ls[edges] = torch.log_softmax(sims, dim=0)
+    return log_ls
+
+
+def ref_local_structure(feat, edge_index, kernel, **kw):
+    return ref_log_local_structure(feat, edge_index, kernel, **kw).exp()
+
+
+def ref_lsp(feat_s, feat_t, edge_index, kernel, teacher_first=False, **kw):
+    """Eq. (5)-(6): S_i = KL(LS_i^s || LS_i^t), mean over all N nodes (isolated ones add 0)."""
+    log_s = ref_log_local_structure(feat_s, edge_index, kernel, **kw)
+    log_t = ref_log_local_structure(feat_t, edge_index, kernel, **kw)
+    N = feat_s.size(0)
+    dst = edge_index[1].tolist()
+    total = 0.0
+    for i in range(N):
+        edges = [e for e in range(len(dst)) if dst[e] == i]
+        log_p, log_q = log_s[edges], log_t[edges]
+        if teacher_first:
+            log_p, log_q = log_q, log_p
+        total += float((log_p.exp() * (log_p - log_q)).sum())   # Σ p log(p / q)
+    return total / N
+
+
+def make_graph():
+    """12 nodes: random edges, a duplicate edge, a self-loop, one centre with a single
+    incoming edge (11) and isolated centres (9, 10)."""
+    g = torch.Generator().manual_seed(0)
+    src = torch.randint(0, 12, (40,), generator=g)
+    dst = torch.randint(0, 9, (40,), generator=g)
+    extra = torch.tensor([[3, 3, 5, 2], [7, 7, 5, 11]])  # (3,7) twice, self-loop (5,5)
+    return torch.cat([torch.stack([src, dst]), extra], dim=1)
+
+
+# (kernel, kernel kwargs, feature scale keeping the kernel unsaturated)
+KERNEL_CASES = [
+    ("l2", {}, 0.3),
+    ("rbf", {}, 0.3),
+    ("rbf", {"sigma": 2.0}, 1.0),
+    ("poly", {}, 0.5),
+    ("poly", {"degree": 3}, 0.5),
+    ("poly", {"degree": 3, "c": 1.0}, 0.3),
+    ("linear", {}, 0.5),
+    ("l1_official", {}, 20.0),
+    ("l1_official", {"scale": 10.0}, 2.0),
+]
+KERNEL_CASES_DEFAULT_SCALE = [(k, s) for k, kw, s in KERNEL_CASES if not kw]
+CASE_IDS = [k + "".join(f"-{a}{v}" for a, v in kw.items()) for k, kw, _ in KERNEL_CASES]
+
+
+def test_kernel_cases_cover_every_kernel():
+    assert {k for k, _, _ in KERNEL_CASES} == set(KERNELS) == {
+        "l2", "rbf", "poly", "linear", "l1_official"}
+
+
+def features(N, F_dim, scale, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(N, F_dim, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+
+@pytest.mark.parametrize("kernel,kw,scale", KERNEL_CASES, ids=CASE_IDS)
+def test_local_structure_matches_loop(kernel, kw, scale):
+    edge_index = make_graph()
+    feat = features(12, 8, scale, seed=1)
+    ls = local_structure(feat, edge_index, kernel, **kw)
+    ref = ref_local_structure(feat, edge_index, kernel, **kw)
+    assert ls.shape == (edge_index.size(1),)
+    torch.testing.assert_close(ls, ref, rtol=1e-9, atol=1e-12)
+    # discriminative: the structure is far from uniform over each centre's edges
+    deg = torch.zeros(12, dtype=torch.float64).index_add_(0, edge_index[1],
+                                                          torch.ones(edge_index.size(1),
+                                                                     dtype=torch.float64))
+    assert (ref - 1 / deg[edge_index[1]]).abs().max() > 1e-2
+    # float32 input follows the same reference
+    ls32 = local_structure(feat.float(), edge_index, kernel, **kw)
+    assert ls32.dtype == torch.float32
+    torch.testing.assert_close(ls32.double(), ref, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("teacher_first", [False, True])
+@pytest.mark.parametrize("kernel,kw,scale", KERNEL_CASES, ids=CASE_IDS)
+def test_lsp_loss_matches_loop(kernel, kw, scale, teacher_first):
+    edge_index = make_graph()
+    feat_s = features(12, 8, scale, seed=2)
+    feat_t = features(12, 8, scale, seed=3)
+    loss = lsp_loss(feat_s, feat_t, edge_index, kernel, teacher_first=teacher_first, **kw)
+    ref = ref_lsp(feat_s, feat_t, edge_index, kernel, teacher_first=teacher_first, **kw)
+    assert ref > 1e-3                                        # not a degenerate comparison
+    assert loss.dim() == 0
+    assert math.isclose(loss.item(), ref, rel_tol=1e-9)
+    loss32 = lsp_loss(feat_s.float(), feat_t.float(), edge_index, kernel,
+                      teacher_first=teacher_first, **kw)
+    assert loss32.dtype == torch.float32
+    assert math.isclose(loss32.item(), ref, rel_tol=1e-4)
+
+
+def test_teacher_first_differs_from_student_first():
+    edge_index = make_graph()
+    feat_s, feat_t = features(12, 8, 0.3, seed=2), features(12, 8, 0.3, seed=3)
+    a = lsp_loss(feat_s, feat_t, edge_index, "rbf")
+    b = lsp_loss(feat_s, feat_t, edge_index, "rbf", teacher_first=True)
+    assert abs(a.item() - b.item()) > 1e-6
+    # KL(t || s) with (s, t) swapped is KL(s || t)
+    c = lsp_loss(feat_t, feat_s, edge_index, "rbf", teacher_first=True)
+    assert math.isclose(a.item(), c.item(), rel_tol=1e-10)
+
+
+@pytest.mark.parametrize("kernel,kw,scale", KERNEL_CASES, ids=CASE_IDS)
+def test_lsp_different_widths(kernel, kw, scale):
+    edge_index = make_graph()
+    feat_s = features(12, 8, scale, seed=4)
+    feat_t = features(12, 32, scale, seed=5) / 2             # same typical norm as feat_s
+    loss = lsp_loss(feat_s, feat_t, edge_index, kernel, **kw)
+    ref = ref_lsp(feat_s, feat_t, edge_index, kernel, **kw)
+    assert ref > 1e-4
+    assert math.isclose(loss.item(), ref, rel_tol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------
+# Properties
+
+@pytest.mark.parametrize("kernel,kw,scale", KERNEL_CASES, ids=CASE_IDS)
+def test_local_structure_sums_to_one(kernel, kw, scale):
+    edge_index = make_graph()
+    ls = local_structure(features(12, 8, scale, seed=6, dtype=torch.float32), edge_index,
+                         kernel, **kw)
+    assert (ls >= 0).all()
+    sums = torch.zeros(12).index_add_(0, edge_index[1], ls)
+    has_edge = torch.zeros(12, dtype=torch.bool)
+    has_edge[edge_index[1]] = True
+    torch.testing.assert_close(sums[has_edge], torch.ones(int(has_edge.sum())))
+    assert not has_edge[9] and not has_edge[10]
+    assert (sums[~has_edge] == 0).all()
+    # the centre with one incoming edge: LS = 1 exactly
+    assert ls[edge_index[1] == 11].item() == pytest.approx(1.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("kernel,kw,scale", KERNEL_CASES, ids=CASE_IDS)
+def test_lsp_zero_iff_equal(kernel, kw, scale):
+    edge_index = make_graph()
+    feat = features(12, 8, scale, seed=7, dtype=torch.float32)
+    same = lsp_loss(feat, feat, edge_index, kernel, **kw)
+    assert abs(same.item()) < 1e-6
+    other = features(12, 8, scale, seed=8, dtype=torch.float32)
+    assert lsp_loss(other, feat, edge_index, kernel, **kw).item() > 1e-4
+    assert lsp_loss(other, feat, edge_index, kernel, teacher_first=True, **kw).item() > 1e-4
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_lsp_no_gradient_to_teacher(kernel):
+    edge_index = make_graph()
+    feat_s = features(12, 8, 0.5, seed=9, dtype=torch.float32).requires_grad_()
+    feat_t = features(12, 16, 0.5, seed=10, dtype=torch.float32).requires_grad_()
+    loss = lsp_loss(feat_s, feat_t, edge_index, kernel)
+    loss.backward()
+    assert feat_t.grad is None
+    assert feat_s.grad is not None and torch.isfinite(feat_s.grad).all()
+    assert feat_s.grad.abs().max() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_lsp_half_precision(kernel, dtype):
+    edge_index = make_graph()
+    scale = dict(KERNEL_CASES_DEFAULT_SCALE)[kernel]
+    f_s = features(12, 8, scale, seed=11, dtype=torch.float32)
+    f_t = features(12, 8, scale, seed=12, dtype=torch.float32)
+    h_s, h_t = f_s.to(dtype).requires_grad_(), f_t.to(dtype)
+    loss = lsp_loss(h_s, h_t, edge_index, kernel)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    # exactly the float32 computation on the rounded features ...
+    exact = lsp_loss(h_s.detach().float(), h_t.float(), edge_index, kernel)
+    assert math.isclose(loss.item(), exact.item(), rel_tol=1e-6, abs_tol=1e-7)
+    # ... and close to the float32 computation on the original ones
+    full = lsp_loss(f_s, f_t, edge_index, kernel)
+    assert math.isclose(loss.item(), full.item(), rel_tol=0.1)
+    loss.backward()
+    assert h_s.grad.dtype == dtype and torch.isfinite(h_s.grad.float()).all()
+
+
+
+@pytest.mark.parametrize("teacher_first", [False, True])
+@pytest.mark.parametrize("kernel,kw", [(k, kw) for k, kw, _ in KERNEL_CASES], ids=CASE_IDS)
+def test_lsp_huge_norms_finite(kernel, kw, teacher_first):
+    edge_index = make_graph()
+    f_s = features(12, 16, 1.0, seed=13, dtype=torch.float32)
+    f_t = features(12, 16, 1.0, seed=14, dtype=torch.float32)
+    f_s = (f_s / f_s.norm(dim=1, keepdim=True) * 1e4).requires_grad_()
+    f_t = f_t / f_t.norm(dim=1, keepdim=True) * 1e4
+    loss = lsp_loss(f_s, f_t, edge_index, kernel, teacher_first=teacher_first, **kw)
+    assert torch.isfinite(loss) and loss.item() >= 0
+    loss.backward()
+    assert torch.isfinite(f_s.grad).all()
+
+
+@pytest.mark.parametrize("teacher_first", [False, True])
+@pytest.mark.parametrize("kernel,kw,scale", KERNEL_CASES, ids=CASE_IDS)
+def test_lsp_gradcheck_float64(kernel, kw, scale, teacher_first):
+    edge_index = torch.tensor([[1, 2, 3, 0, 2, 4, 0, 1, 3, 4],
+                               [0, 0, 0, 1, 1, 1, 2, 2, 4, 4]])   # node 3: no incoming
+    f_s = features(5, 3, scale, seed=15).requires_grad_()
+    f_t = features(5, 4, scale, seed=16)
+    assert torch.autograd.gradcheck(
+        lambda fs: lsp_loss(fs, f_t, edge_index, kernel, teacher_first=teacher_first, **kw),
+        (f_s,))
+
+
+def test_lsp_empty_graph_is_zero():
+    empty = torch.zeros(2, 0, dtype=torch.long)
+    f_s = torch.randn(6, 4, requires_grad=True)
+    loss = lsp_loss(f_s, torch.randn(6, 5), empty, "rbf")
+    assert torch.isfinite(loss) and loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(f_s.grad).all() and (f_s.grad == 0).all()
+    assert local_structure(torch.randn(6, 4), empty).shape == (0,)
+
+
+def test_lsp_isolated_nodes_add_zero():
+    edge_index = make_graph()
+    f_s, f_t = features(12, 8, 0.3, seed=17), features(12, 8, 0.3, seed=18)
+    loss = lsp_loss(f_s, f_t, edge_index)
+    # 8 extra isolated nodes: same sum, divided by 20 nodes instead of 12
+    pad_s = torch.cat([f_s, features(8, 8, 0.3, seed=19)])
+    pad_t = torch.cat([f_t, features(8, 8, 0.3, seed=20)])
+    padded = lsp_loss(pad_s, pad_t, edge_index)
+    assert math.isclose(padded.item(), loss.item() * 12 / 20, rel_tol=1e-10)
+    assert math.isclose(padded.item(), ref_lsp(pad_s, pad_t, edge_index, "rbf"), rel_tol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------
+# Errors
+
+def test_lsp_errors():
+    f_s, f_t = torch.randn(6, 4), torch.randn(6, 5)
+    edge_index = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    with pytest.raises(ValueError):
+        lsp_loss(f_s, torch.randn(7, 5), edge_index)
+    with pytest.raises(ValueError):
+        lsp_loss(f_s, f_t, torch.zeros(3, 4, dtype=torch.long))
+    with pytest.raises(ValueError):
+        lsp_loss(f_s, f_t, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError):
+        local_structure(f_s, torch.zeros(3, 4, dtype=torch.long))
+    with pytest.raises(ValueError):
+        lsp_loss(f_s, f_t, torch.tensor([[0, 6], [1, 2]]))          # source out of range
+    with pytest.raises(ValueError):
+        lsp_loss(f_s, f_t, torch.tensor([[0, 1], [1, 9]]))          # target out of range
+    with pytest.raises(ValueError):
+        lsp_loss(f_s, f_t, torch.tensor([[0, -1], [1, 2]]))         # negative
+    with pytest.raises(ValueError) as err:
+        lsp_loss(f_s, f_t, edge_index, kernel="cosine")
+    for name in KERNELS:
+        assert name in str(err.value)
+    with pytest.raises(ValueError) as err:
+        local_structure(f_s, edge_index, kernel="gaussian")
+    assert all(name in str(err.value) for name in KERNELS)
+
+
+# ----------------------------------------------------------------------------------------
+# union_graph
+
+def union_ref(a, b):
+    edges = set(map(tuple, a.t().tolist())) | set(map(tuple, b.t().tolist()))
+    return sorted(edges, key=lambda e: (e[1], e[0]))
+
+
+def test_union_graph_matches_sets():
+    g = torch.Generator().manual_seed(0)
+    for trial in range(5):
+        N = 15
+        a = torch.randint(0, N, (2, 60), generator=g)        # has duplicates
+        b = torch.cat([a[:, :25], torch.randint(0, N, (2, 40), generator=g)], dim=1)
+        out = union_graph(a, b)
+        assert out.dtype == torch.int64 and out.shape[0] == 2
+        edges = list(map(tuple, out.t().tolist()))
+        assert len(edges) == len(set(edges))
+        assert edges == union_ref(a, b)
+        # num_nodes given explicitly, larger than max id + 1
+        assert list(map(tuple, union_graph(a, b, num_nodes=40).t().tolist())) == edges
+        # symmetric in its arguments
+        assert torch.equal(union_graph(b, a), out)
+
+
+def test_union_graph_knn_student_teacher():
+    """Sec. 3.5: a k=4 student graph and a k=6 teacher graph over the same nodes."""
+    from models import knn_graph
+    x_s, x_t = torch.randn(2, 10, 5), torch.randn(2, 10, 7)
+    e_s, e_t = knn_graph(x_s, 4), knn_graph(x_t, 6)
+    out = union_graph(e_s, e_t)
+    assert list(map(tuple, out.t().tolist())) == union_ref(e_s, e_t)
+    deg = torch.bincount(out[1], minlength=20)
+    assert (deg >= 6).all() and (deg <= 10).all()
+
+
+def test_union_graph_empty_inputs():
+    empty = torch.zeros(2, 0, dtype=torch.long)
+    assert union_graph(empty, empty).shape == (2, 0)
+    assert union_graph(empty, empty, num_nodes=5).shape == (2, 0)
+    a = torch.tensor([[2, 0, 2, 1], [1, 1, 1, 0]])
+    for out in (union_graph(a, empty), union_graph(empty, a), union_graph(a, empty, 3)):
+        assert list(map(tuple, out.t().tolist())) == [(1, 0), (0, 1), (2, 1)]
+
+
+def test_union_graph_bad_shape_raises():
+    with pytest.raises(ValueError):
+        union_graph(torch.zeros(3, 2, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long))
+
+
+def test_union_graph_num_nodes_too_small_raises():
+    with pytest.raises(ValueError):
+        union_graph(torch.tensor([[5], [0]]), torch.tensor([[1], [0]]), num_nodes=3)
+
+
+# ----------------------------------------------------------------------------------------
+# Baselines: KD, FitNet, AT
+
+def test_kd_softmax_matches_formula():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    for T in (1.0, 4.0):
+        ref = 0.0
+        for n in range(7):
+            p_t = torch.softmax(t[n].detach() / T, 0)
+            p_s = torch.softmax(s[n].detach() / T, 0)
+            ref += float((p_t * (p_t / p_s).log()).sum())
+        ref = ref / 7 * T * T
+        assert math.isclose(kd_loss(s, t, T=T).item(), ref, rel_tol=1e-10)
+    assert kd_loss(s, t).item() == kd_loss(s, t, T=4.0).item()   # SPEC: T = 4 by default
+    assert kd_loss(s, t).item() > 1e-3
+    assert abs(kd_loss(t.detach().clone(), t).item()) < 1e-12
+    kd_loss(s, t).backward()
+    assert t.grad is None and s.grad is not None and s.grad.abs().max() > 0
+
+
+def test_kd_multilabel_matches_formula():
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    for T in (1.0, 4.0):
+        total = 0.0
+        for n in range(6):
+            for c in range(4):
+                p = 1 / (1 + math.exp(-t[n, c].item() / T))
+                q = 1 / (1 + math.exp(-s[n, c].item() / T))
+                total += p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+        ref = total / 24 * T * T
+        assert math.isclose(kd_loss(s, t, T=T, multilabel=True).item(), ref, rel_tol=1e-9)
+    assert kd_loss(s, t, multilabel=True).item() > 1e-3
+    assert abs(kd_loss(t.detach().clone(), t, multilabel=True).item()) < 1e-12
+    kd_loss(s, t, multilabel=True).backward()
+    assert t.grad is None and s.grad is not None and s.grad.abs().max() > 0
+
+
+def test_fitnet_loss():
+    torch.manual_seed(0)
+    reg = torch.nn.Linear(6, 10)
+    f_s = torch.randn(9, 6, requires_grad=True)
+    f_t = torch.randn(9, 10, requires_grad=True)
+    loss = fitnet_loss(f_s, f_t, reg)
+    pred = f_s @ reg.weight.t() + reg.bias
+    ref = sum(((pred[n, c] - f_t[n, c]) ** 2).item() for n in range(9) for c in range(10)) / 90
+    assert math.isclose(loss.item(), ref, rel_tol=1e-5)
+    loss.backward()
+    assert f_t.grad is None
+    assert f_s.grad is not None and f_s.grad.abs().max() > 0
+    assert reg.weight.grad is not None and reg.weight.grad.abs().max() > 0
+    assert reg.bias.grad is not None
+
+
+def at_ref(f_s, f_t, batch):
+    """Per graph: a = Σ_c |F_c| per node, a / ||a||₂ within the graph; MSE over all nodes."""
+    def attention(feat):
+        a = [float(feat[n].abs().sum()) for n in range(feat.size(0))]
+        out = []
+        for n in range(feat.size(0)):
+            norm = math.sqrt(sum(a[m] ** 2 for m in range(feat.size(0))
+                                 if batch[m] == batch[n]))
+            out.append(a[n] / norm)
+        return out
+    a_s, a_t = attention(f_s), attention(f_t)
+    return sum((x - y) ** 2 for x, y in zip(a_s, a_t)) / len(a_s)
+
+
+def test_at_loss_matches_loop():
+    g = torch.Generator().manual_seed(0)
+    batch = torch.tensor([0] * 4 + [1] * 9 + [2] * 6)           # 3 graphs, different sizes
+    N = batch.numel()
+    f_s = torch.randn(N, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    f_t = torch.randn(N, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    loss = at_loss(f_s, f_t, batch)
+    ref = at_ref(f_s.detach(), f_t.detach(), batch.tolist())
+    assert ref > 1e-4
+    assert math.isclose(loss.item(), ref, rel_tol=1e-10)
+    # unsorted batch vector: same per-graph grouping
+    perm = torch.randperm(N, generator=g)
+    assert math.isclose(at_loss(f_s[perm], f_t[perm], batch[perm]).item(), ref, rel_tol=1e-10)
+    # a single graph (batch=None)
+    assert math.isclose(at_loss(f_s, f_t).item(),
+                        at_ref(f_s.detach(), f_t.detach(), [0] * N), rel_tol=1e-10)
+    loss.backward()
+    assert f_t.grad is None and f_s.grad is not None and f_s.grad.abs().max() > 0
+
+
+def test_at_loss_zero_when_equal_and_errors():
+    f = torch.randn(10, 4)
+    batch = torch.tensor([0] * 3 + [1] * 7)
+    assert at_loss(f, f, batch).item() == 0.0
+    assert at_loss(f, f * 3, batch).item() < 1e-12             # scale-free per graph
+    with pytest.raises(ValueError):
+        at_loss(f, torch.randn(11, 4))
