@@ -24,8 +24,8 @@ import torch.nn.functional as F
 import data
 import lsp_kd
 from models import DGCNN, dgcnn_teacher, num_params
-from train_ppi import (Meter, arch_of, atomic_save, load_teacher, pick_device, set_seed,
-                       summarize, sync)
+from train_ppi import (Meter, arch_of, atomic_save, kernel_kwargs, kernel_label, load_teacher,
+                       pick_device, set_seed, summarize, sync)
 
 # Student variants: the paper's student and the three of Table 6. The paper gives only their
 # sizes (0.44M, 0.14M, 0.30M); these shapes are our reading, with their true counts printed.
@@ -152,11 +152,6 @@ def train(model, ds, args, device, log, teacher=None, epochs=None):
     return meter
 
 
-def kernel_kwargs(args):
-    return {"rbf": {"sigma": args.sigma}, "poly": {"degree": args.degree, "c": args.c}
-            }.get(args.kernel, {})
-
-
 @torch.no_grad()
 def inference_ms(model, ds, args, device, batches=3):
     """Median inference time per cloud (batches of 16 test clouds), in milliseconds."""
@@ -179,7 +174,7 @@ def inference_ms(model, ds, args, device, batches=3):
 def method_name(args):
     parts = [name for name in ("kd", "at", "fitnet") if getattr(args, name)]
     if args.lsp:
-        parts.append(f"lsp_{args.kernel}")
+        parts.append(kernel_label(args))
     variant = "" if args.variant == "base" else f"[{args.variant}]"
     return "Student" + variant + "_" + ("+".join(parts) if parts else "Full")
 
@@ -188,7 +183,7 @@ def paper_row(args):
     used = [name for name in ("LSP", "KD", "AT", "FitNet") if getattr(args, name.lower())]
     if args.variant != "base" or len(used) > 1:
         return ("-",) * 5
-    if used == ["LSP"] and args.kernel != "rbf":
+    if used == ["LSP"] and kernel_label(args) != "lsp_rbf":
         return PAPER_TABLE4.get(f"Student_lsp_{args.kernel}", ("-",) * 5)
     return PAPER_TABLE4["Student_" + (used[0] if used else "Full")]
 

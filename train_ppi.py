@@ -282,10 +282,17 @@ PAPER_TABLE2 = {
 }
 
 
+def kernel_label(args):
+    """e.g. "lsp_rbf", or "lsp_rbf-sigma10" when a hyper-parameter is not the paper's."""
+    paper = {"rbf": {"sigma": 1.0}, "poly": {"degree": 2, "c": 0.0}}.get(args.kernel, {})
+    return f"lsp_{args.kernel}" + "".join(f"-{k}{v:g}" for k, v in kernel_kwargs(args).items()
+                                          if v != paper[k])
+
+
 def method_name(args):
     parts = [name for name in ("kd", "at", "fitnet") if getattr(args, name)]
     if args.lsp:
-        parts.append("lsp_official" if args.official else f"lsp_{args.kernel}")
+        parts.append("lsp_official" if args.official else kernel_label(args))
     return "Student_" + ("+".join(parts) if parts else "Full")
 
 
