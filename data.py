@@ -215,13 +215,15 @@ def batch_graphs(graphs):
 
 
 def ppi_batches(graphs, batch_size=2, shuffle=True, generator=None):
-    """Yield batch_graphs of batch_size graphs at a time (2, as the official code); the graph
-    order is shuffled with the torch generator when shuffle is True; the last batch may be
-    smaller."""
+    """Yield (indices of the graphs, their batch_graphs) for batch_size graphs at a time (2,
+    as the official code); the graph order is shuffled with the torch generator when shuffle
+    is True; the last batch may be smaller. The indices let a caller fetch per-graph cached
+    values (e.g. a frozen teacher's outputs)."""
     order = torch.randperm(len(graphs), generator=generator) if shuffle else range(len(graphs))
     order = list(map(int, order))
     for start in range(0, len(order), batch_size):
-        yield batch_graphs([graphs[i] for i in order[start:start + batch_size]])
+        idx = order[start:start + batch_size]
+        yield idx, batch_graphs([graphs[i] for i in idx])
 
 
 # ----------------------------------------------------------------------------------------

@@ -345,7 +345,7 @@ def main(argv=None):
     log(f"last epoch: test acc {acc:.4f}, mean class acc {macc:.4f} (over the classes present "
         f"in the test set); teacher {t_acc:.4f} / {t_macc:.4f}")
     log(f"local-structure KL to the teacher on the test clouds over the union graph "
-        f"(Eq. 5-6, RBF): {ls_kl:.6f}")
+        f"(Eq. 5-6, RBF): {ls_kl:.3e}")
 
     res = {"method": method, "data": data_name, "synthetic": args.data == "synthetic",
            "seed": args.seed, "params": num_params(student),

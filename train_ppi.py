@@ -129,7 +129,8 @@ def summarize(out_dir, keys):
         cells = []
         for k in keys:
             v = np.array([r[k] for r in runs], dtype=float)
-            cells.append(f"{v.mean():.4f} ± {v.std():.4f}")
+            cells.append(f"{v.mean():.4f} ± {v.std():.4f}" if abs(v.mean()) >= 1e-3
+                         else f"{v.mean():.2e} ± {v.std():.1e}")
         print(f"{method:<22} {len(runs):>5} " + " ".join(f"{c:>17}" for c in cells))
 
 
@@ -179,12 +180,6 @@ def structure_kl(student, layer_s, graphs, cache_t, device):
     return float(np.mean(kls))
 
 
-def pairs(n, batch_size, gen):
-    """Shuffled groups of `batch_size` training-graph indices (the official code uses 2)."""
-    perm = torch.randperm(n, generator=gen).tolist()
-    return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
-
-
 def train(model, ds, args, device, log, cache_t=None, epochs=None):
     """Adam on the training graphs; returns (best_val, best_epoch, meter), the model left
     holding its best-validation weights."""
@@ -202,8 +197,7 @@ def train(model, ds, args, device, log, cache_t=None, epochs=None):
     for epoch in range(epochs):
         model.train()
         t0, parts, count = time.time(), {}, 0
-        for idx in pairs(len(ds["train"]), args.batch_size, gen):
-            g = data.batch_graphs([ds["train"][i] for i in idx])
+        for idx, g in data.ppi_batches(ds["train"], args.batch_size, generator=gen):
             x, y, ei = g.x.to(device), g.y.to(device), g.edge_index.to(device)
             meter.sync()
             t_it = time.time()
@@ -451,7 +445,7 @@ def main(argv=None):
     ls_kl = structure_kl(student, args.lsp_layer_s, ds["test"], cache["test"], device)
     log(f"test micro-F1 {test_f1:.4f} at the best-validation epoch {best_epoch} "
         f"(val f1 {best_val:.4f}); teacher test micro-F1 {teacher_f1:.4f}")
-    log(f"local-structure KL to the teacher on the test graphs (Eq. 5-6, RBF): {ls_kl:.6f}")
+    log(f"local-structure KL to the teacher on the test graphs (Eq. 5-6, RBF): {ls_kl:.3e}")
 
     res = {"method": method, "data": data_name, "synthetic": args.data == "synthetic",
            "seed": args.seed, "params": num_params(student),

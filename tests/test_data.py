@@ -204,7 +204,13 @@ def test_batch_graphs_offsets():
 
 def test_ppi_batches_cover_every_graph_once():
     graphs = [toy_graph(n, n) for n in (3, 4, 5, 6, 7)]
-    sizes = lambda bs: [torch.bincount(b.batch).tolist() for b in bs]  # noqa: E731
+    def sizes(batches):
+        out = []
+        for idx, b in batches:
+            assert [graphs[i].x.size(0) for i in idx] == torch.bincount(b.batch).tolist()
+            out.append(torch.bincount(b.batch).tolist())
+        return out
+
     runs = [sizes(data.ppi_batches(graphs, 2, generator=torch.Generator().manual_seed(s)))
             for s in (1, 1, 2)]
     assert runs[0] == runs[1] != runs[2]
