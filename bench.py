@@ -1,0 +1,438 @@
+"""Cost of each distillation method: the columns Params, RunTime per sample and Training
+time / memory of the paper's Table 2 (PPI) and Table 4 (ModelNet40), on inputs of the real
+sizes (random, deterministic by seed).
+
+A row is one training iteration as train_ppi.py / train_modelnet.py run it (forward, task
+loss, distillation loss, backward, optimiser step) or one inference forward. Rows: teacher,
+student, student+KD, +AT, +FitNet, +LSP for every kernel in lsp_kd.KERNELS, and inference of
+teacher and student.
+- PPI: a batch of 2 graphs, Adam. The frozen teacher's outputs are computed once and cached,
+  as train_ppi.py does, so distillation rows time the student's step plus the loss.
+- ModelNet40: a batch of clouds, SGD. The frozen teacher runs (eval, no_grad) in every
+  distillation iteration, as in train_modelnet.py; LSP over the union graph (Sec. 3.5).
+- knn: models.knn_graph against DGCNN's own dense-distance + topk kNN.
+Time: the median over `--repeats` rounds; each round runs every row once in turn, so that a
+change of machine load hits all rows alike. Memory: the row's state (parameters, gradients,
+optimiser state, counted from the tensors) + the peak growth over one iteration after warm-up
+(activations); the inputs and the frozen teacher exist before the row and are not counted.
+Dimensions: N nodes, E edges, F features, B clouds, P points, k neighbours.
+
+    python bench.py                          # full sizes, writes runs/bench.json
+    python bench.py --quick --threads 1      # reduced sizes, about a minute on 2 CPU cores
+"""
+import argparse
+import ctypes
+import gc
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import lsp_kd
+import models
+
+# loss weights: the defaults of train_ppi.py and train_modelnet.py
+KD_ALPHA, KD_T, AT_WEIGHT, FITNET_WEIGHT, LSP_WEIGHT = 0.1, 4.0, 1000.0, 1.0, 100.0
+METHODS = ["teacher", "student", "kd", "at", "fitnet"] + [f"lsp_{k}" for k in lsp_kd.KERNELS]
+# the paper: (params, runtime per sample, training time, GB); PPI s/iter, ModelNet40 s/epoch
+PAPER = {"ppi": {"teacher": ("3.64M", "48.5ms", 1.7, 3.4),
+                 "student": ("0.16M", "41.3ms", 1.3, 1.2), "at": ("", "", 1.9, 1.4),
+                 "fitnet": ("", "", 2.4, 1.6), "lsp_rbf": ("", "", 2.0, 1.5)},
+         "modelnet": {"teacher": ("1.81M", "8.72ms", 30, 4.2),
+                      "student": ("0.1M", "3.31ms", 12, 1.4), "kd": ("", "", 15, 1.4),
+                      "at": ("", "", 21, 1.7), "fitnet": ("", "", 28, 2.4),
+                      "lsp_rbf": ("", "", 29, 2.2)}}
+MEASURES = {
+    "cuda": "state + CUDA allocator peak growth over one iteration after warm-up "
+            "(max_memory_allocated - memory_allocated before it)",
+    "clear_refs": "state + CPU peak RSS growth over one iteration after warm-up (VmHWM - VmRSS "
+                  "before it, after malloc_trim; peak reset by /proc/self/clear_refs)",
+    "ru_maxrss": "CPU process peak RSS since start (ru_maxrss): cannot be reset, cumulative",
+}
+
+
+# ----------------------------------------------------------------------------------------
+# Measuring
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def memory_measure(device):
+    if device.type == "cuda":
+        return "cuda"
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return "clear_refs"
+    except OSError:
+        return "ru_maxrss"
+
+
+def status_bytes(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) * 1024
+
+
+def tensor_mb(tensors):
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def peak_probe(device, measure):
+    """Free what is unused and reset the peak; returns a function giving the peak's growth
+    since then, in MiB (ru_maxrss: the process's whole peak)."""
+    gc.collect()
+    sync(device)
+    if measure == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        return lambda: (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    if measure == "clear_refs":
+        try:  # glibc keeps freed pages resident: hand them back so the baseline is the live set
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = status_bytes("VmRSS")
+        return lambda: (status_bytes("VmHWM") - base) / 2**20
+    import resource
+    return lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_rows(makers, args, device, measure):
+    """makers: {row: (make_step, per)}, make_step() -> (step, state_mb). Per row: `--warmup`
+    calls, then one more for memory alone; then `--repeats` timed rounds over all rows.
+    -> {row: {seconds (median / per), times, state_mb, transient_mb, peak_mb}}."""
+    steps = {name: make() for name, (make, _) in makers.items()}
+    rows = {}
+    for name, (step, state_mb) in steps.items():
+        for _ in range(args.warmup):  # after warm-up: no code pages or lazy init in the peak
+            step()
+        growth = peak_probe(device, measure)
+        step()
+        sync(device)
+        growth = growth()
+        rows[name] = {"times": [], "state_mb": state_mb(), "transient_mb": growth,
+                      "peak_mb": growth if measure == "ru_maxrss" else state_mb() + growth}
+    for _ in range(args.repeats):
+        for name, (step, _) in steps.items():
+            sync(device)
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            rows[name]["times"].append((time.perf_counter() - t0) / makers[name][1])
+    for r in rows.values():
+        r["seconds"] = statistics.median(r["times"])
+    return rows
+
+
+# ----------------------------------------------------------------------------------------
+# The rows
+
+def distill_loss(method, task_loss, out_s, out_t, regressor, batch, multilabel):
+    """Task loss combined with the method's term, as in the training scripts.
+    out_s, out_t: (feature (N, F), logits, edge_index (2, E)) of student and teacher."""
+    (f_s, logits_s, ei_s), (f_t, logits_t, ei_t) = out_s, out_t
+    if method in ("teacher", "student"):
+        return task_loss
+    if method == "kd":
+        kd = lsp_kd.kd_loss(logits_s, logits_t, T=KD_T, multilabel=multilabel)
+        return (1 - KD_ALPHA) * task_loss + KD_ALPHA * kd
+    if method == "at":
+        return task_loss + AT_WEIGHT * lsp_kd.at_loss(f_s, f_t, batch)
+    if method == "fitnet":
+        return task_loss + FITNET_WEIGHT * lsp_kd.fitnet_loss(f_s, f_t, regressor)
+    edges = ei_s if ei_s is ei_t else lsp_kd.union_graph(ei_s, ei_t, f_s.size(0))  # E^u
+    return task_loss + LSP_WEIGHT * lsp_kd.lsp_loss(f_s, f_t, edges, kernel=method[4:])
+
+
+def run_experiment(build, make_opt, loss_for, widths, infer, args, device, measure):
+    """Every training row (loss_for(method)(model, regressor) -> loss) and the two inference
+    rows; infer = (inputs of the forward, samples in it)."""
+    def trainer(method):
+        def make_step():
+            torch.manual_seed(0)
+            model = build(method).train()
+            regressor = nn.Linear(*widths).to(device) if method == "fitnet" else None
+            params = list(model.parameters()) + list(regressor.parameters() if regressor else [])
+            opt, loss_fn = make_opt(params), loss_for(method)
+
+            def step():
+                loss = loss_fn(model, regressor)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            def state_mb():
+                grads = [p.grad for p in params if p.grad is not None]
+                moments = [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
+                return tensor_mb(params + grads + moments + list(model.buffers()))
+            return step, state_mb
+        return make_step
+
+    def inference(method):
+        def make_step():
+            model = build(method).eval()
+            return (torch.no_grad()(lambda: model(*infer[0])),
+                    lambda: tensor_mb(list(model.parameters()) + list(model.buffers())))
+        return make_step
+
+    makers = {m: (trainer(m), 1) for m in METHODS}
+    for m in ("teacher", "student"):
+        makers[f"{m} inference"] = (inference(m), infer[1])
+    rows = run_rows(makers, args, device, measure)
+    n_t, n_s = models.num_params(build("teacher")), models.num_params(build("student"))
+    for m in METHODS:  # FitNet's regressor is not counted, as in the paper
+        rows[m]["params"] = n_t if m == "teacher" else n_s
+    return rows
+
+
+def ppi_graph(n, avg_degree, gen):
+    """Random graph with heavy-tailed degrees (Chung-Lu): node weights θ = U^(-1/2) ~ Pareto(2)
+    (>= 1, capped at n/10), both ends of each undirected edge drawn ∝ θ, self-loops and
+    duplicates dropped, n·avg_degree/2 pairs kept, both directions stored. -> (2, E)."""
+    theta = torch.rand(n, generator=gen).pow(-0.5).clamp(max=max(n / 10, 1.0))
+    m = avg_degree * n // 2
+    a, b = torch.multinomial(theta, 6 * m, replacement=True, generator=gen).view(2, -1)
+    keep = a != b
+    key = torch.unique(torch.minimum(a, b)[keep] * n + torch.maximum(a, b)[keep])
+    key = key[torch.randperm(key.numel(), generator=gen)[:m]]       # (<= m,) pairs a < b
+    a, b = key // n, key % n
+    return torch.stack([torch.cat([a, b]), torch.cat([b, a])])     # (2, E) rows (j, i)
+
+
+def bench_ppi(args, device, measure):
+    gen = torch.Generator().manual_seed(0)
+    n = args.ppi_nodes
+    ei0 = ppi_graph(n, 14, gen).to(device)                          # (2, E0) graph 0
+    ei = torch.cat([ei0, ppi_graph(n, 14, gen).to(device) + n], 1)  # (2, E) batch of 2
+    x = torch.randn(2 * n, 50, generator=gen).to(device)            # (N, 50)
+    y = (torch.rand(2 * n, 121, generator=gen) < 0.3).float().to(device)  # (N, 121)
+    batch = torch.arange(2, device=device).repeat_interleave(n)     # (N,) graph id
+    with torch.no_grad():  # the frozen teacher, once (train_ppi.py's cache)
+        feats_t, logits_t = models.gat_teacher().to(device).eval()(x, ei, return_feats=True)
+    out_t = (feats_t[-1], logits_t, ei)                              # (N, 1024), (N, 121)
+
+    def build(method):
+        return (models.gat_teacher() if method == "teacher" else models.gat_student()).to(device)
+
+    def loss_for(method):
+        def loss(model, regressor):
+            feats, logits = model(x, ei, return_feats=True)
+            bce = F.binary_cross_entropy_with_logits(logits, y)
+            return distill_loss(method, bce, (feats[-1], logits, ei), out_t, regressor, batch,
+                                multilabel=True)
+        return loss
+
+    hidden = models.gat_student().layers[-2]
+    widths = (hidden.heads * hidden.out_dim, out_t[0].size(1))      # FitNet: 136 -> 1024
+    adam = partial(torch.optim.Adam, lr=0.005)
+    rows = run_experiment(build, adam, loss_for, widths, ((x[:n], ei0), 1), args, device,
+                          measure)
+    return rows, f"2 graphs x {n} nodes, {ei.size(1)} edges (in-degree {ei.size(1) / 2 / n:.1f})"
+
+
+def bench_modelnet(args, device, measure):
+    gen = torch.Generator().manual_seed(0)
+    B, P = args.clouds, args.points
+    pts = (torch.rand(B, P, 3, generator=gen) * 2 - 1).to(device)   # (B, P, 3)
+    labels = torch.randint(0, 40, (B,), generator=gen).to(device)    # (B,)
+    cloud = torch.arange(B, device=device).repeat_interleave(P)     # (B*P,) cloud id
+    teacher = models.dgcnn_teacher().to(device).eval().requires_grad_(False)
+
+    def build(method):
+        model = models.dgcnn_teacher() if method == "teacher" else models.dgcnn_student()
+        return model.to(device)
+
+    def loss_for(method):
+        def loss(model, regressor):
+            feats_s, logits = model(pts, return_feats=True)
+            ce = F.cross_entropy(logits, labels, label_smoothing=0.2)
+            if method in ("teacher", "student"):
+                return ce
+            with torch.no_grad():  # the frozen teacher, every iteration
+                feats_t, logits_t = teacher(pts, return_feats=True)
+            (f_s, ei_s), (f_t, ei_t) = feats_s[-1], feats_t[-1]      # last EdgeConv of each
+            return distill_loss(method, ce, (f_s, logits, ei_s), (f_t, logits_t, ei_t),
+                                regressor, cloud, multilabel=False)
+        return loss
+
+    widths = (models.dgcnn_student().convs[-1].fc.out_features,
+              teacher.convs[-1].fc.out_features)                      # FitNet: 128 -> 256
+    sgd = partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    test = pts[:16]                                                   # (16, P, 3)
+    rows = run_experiment(build, sgd, loss_for, widths, ((test,), len(test)), args, device,
+                          measure)
+    return rows, f"{B} clouds x {P} points; inference: a batch of {len(test)}, per cloud"
+
+
+@torch.no_grad()
+def dense_knn(x, k):
+    """DGCNN's own kNN (Wang et al.'s code): -||x_i - x_j||² by one matmul, topk largest, ids
+    offset by b*P and flattened as its get_graph_feature does. (B, P, F) -> (B*P*k,)."""
+    B, P, _ = x.shape
+    inner = -2 * x @ x.transpose(1, 2)                                # (B, P, P)
+    xx = x.pow(2).sum(-1, keepdim=True)                               # (B, P, 1)
+    idx = (-xx - inner - xx.transpose(1, 2)).topk(k, dim=-1).indices  # (B, P, k)
+    return (idx + torch.arange(B, device=x.device).view(B, 1, 1) * P).view(-1)
+
+
+def bench_knn(args, device, measure):
+    gen = torch.Generator().manual_seed(0)
+    B, P, k = args.clouds, args.points, 20
+    makers = {}
+    for F_ in (3, 64):
+        x = torch.randn(B, P, F_, generator=gen).to(device)          # (B, P, F)
+        for name, fn in (("knn_graph", models.knn_graph), ("dense topk", dense_knn)):
+            makers[f"{name} F={F_}"] = (lambda fn=fn, x=x: (lambda: fn(x, k), lambda: 0), 1)
+    rows = run_rows(makers, args, device, measure)
+    for F_ in (3, 64):
+        rows[f"knn_graph F={F_}"]["ratio_to_dense"] = (rows[f"knn_graph F={F_}"]["seconds"]
+                                                       / rows[f"dense topk F={F_}"]["seconds"])
+    return rows, f"x (B, P, F) = ({B}, {P}, F), k = {k}"
+
+
+def compare_pyg(args, device, measure):
+    """models.GATConv against torch_geometric.nn.GATConv, same weights, forward + backward."""
+    try:
+        import torch_geometric
+        from torch_geometric.nn import GATConv as PygGATConv
+    except ImportError:
+        print("--compare-pyg: torch_geometric is not installed; skipped")
+        return {"skipped": "torch_geometric is not installed"}
+    gen = torch.Generator().manual_seed(0)
+    N = 2 * args.ppi_nodes
+    ei = ppi_graph(N, 14, gen).to(device)
+    out = {"version": torch_geometric.__version__, "rows": []}
+    for in_dim, out_dim, heads in ((50, 256, 4), (136, 68, 2)):  # teacher / student layers
+        ours = models.GATConv(in_dim, out_dim, heads).to(device)
+        pyg = PygGATConv(in_dim, out_dim, heads=heads, concat=True, negative_slope=0.2,
+                         add_self_loops=False, bias=False).to(device)
+        # the shared Linear: `lin` (PyG >= 2.5), `lin_src` (2.0-2.4, = lin_dst), `lin_l` (1.x)
+        lin = next(getattr(pyg, a) for a in ("lin", "lin_src", "lin_l")
+                   if getattr(pyg, a, None) is not None)
+        att_src, att_dst = ((pyg.att_src, pyg.att_dst) if hasattr(pyg, "att_src")
+                            else (pyg.att_l, pyg.att_r))
+        with torch.no_grad():
+            lin.weight.copy_(ours.fc.weight)                          # (H*F, F_in)
+            att_src.copy_(ours.attn_src.view_as(att_src))             # (1, H, F)
+            att_dst.copy_(ours.attn_dst.view_as(att_dst))
+        x = torch.randn(N, in_dim, generator=gen).to(device)          # (N, F_in)
+        err = (ours(x, ei) - pyg(x, ei)).abs().max().item()
+        if err > 1e-4:
+            sys.exit(f"--compare-pyg: GATConv({in_dim}, {out_dim}, heads={heads}) outputs "
+                     f"differ by {err:.2e} > 1e-4 from PyG's; not timing")
+        makers = {name: (lambda conv=conv: (lambda: conv(x, ei).sum().backward(), lambda: 0), 1)
+                  for name, conv in (("ours", ours), ("pyg", pyg))}
+        t = {name: r["seconds"] for name, r in run_rows(makers, args, device, measure).items()}
+        row = {"layer": f"GATConv({in_dim}, {out_dim}, heads={heads})", "max_abs_diff": err,
+               **t, "ratio": t["ours"] / t["pyg"]}
+        print(f"{row['layer']:<30} fwd+bwd: ours {1e3 * t['ours']:8.2f} ms | PyG "
+              f"{1e3 * t['pyg']:8.2f} ms | ours / PyG {row['ratio']:.2f} | max diff {err:.1e}")
+        out["rows"].append(row)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Output
+
+def print_table(exp, rows, info, measure):
+    print(f"\n== {exp} | {info}\nmemory = {MEASURES[measure]}")
+    if exp == "knn":
+        print(f"{'row':<16} {'ms':>9} {'MiB':>8} {'x dense':>8}")
+        for name, r in rows.items():
+            print(f"{name:<16} {1e3 * r['seconds']:>9.2f} {r['peak_mb']:>8.1f} "
+                  f"{r.get('ratio_to_dense', 1.0):>8.2f}")
+        return
+    unit = "s/iter" if exp == "ppi" else "s/epoch"
+    print(f"{'Model':<23} {'Params':>7} {'ms/sample':>9} {'s/iter':>8} {'MiB':>8} {'x time':>6} "
+          f"{'x mem':>6} | paper: Params RunTime {unit}/GB x time x mem")
+    s, ps = rows["student"], PAPER[exp]["student"]
+    for m in METHODS:
+        r, p = rows[m], PAPER[exp].get(m)
+        r["time_ratio"], r["mem_ratio"] = r["seconds"] / s["seconds"], r["peak_mb"] / s["peak_mb"]
+        inf = rows.get(f"{m} inference")
+        run = f"{1e3 * inf['seconds']:.2f}" if inf else "-"
+        paper = (f"{p[0]:>5} {p[1]:>6} {p[2]:>5g}/{p[3]:<4g} {p[2] / ps[2]:>5.2f} "
+                 f"{p[3] / ps[3]:>5.2f}" if p else "-")
+        print(f"{m if m in ('teacher', 'student') else 'student+' + m:<23} "
+              f"{r['params'] / 1e6:>6.3f}M {run:>9} {r['seconds']:>8.3f} {r['peak_mb']:>8.1f} "
+              f"{r['time_ratio']:>6.2f} {r['mem_ratio']:>6.2f} | {paper}")
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--only", choices=["ppi", "modelnet", "knn"], default=None,
+                   help="run one experiment (default: all three)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice); 1 is steadier on a "
+                        "machine that other processes share")
+    p.add_argument("--repeats", type=int, default=10, help="timed rounds (median)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations per row first")
+    p.add_argument("--ppi-nodes", type=int, default=2372, help="nodes per PPI graph, 2 a batch")
+    p.add_argument("--clouds", type=int, default=32, help="ModelNet40 and knn batch B")
+    p.add_argument("--points", type=int, default=1024, help="points per cloud P")
+    p.add_argument("--quick", action="store_true", help="reduced sizes: --ppi-nodes 400 "
+                   "--clouds 4 --points 256 --repeats 3 --warmup 1")
+    p.add_argument("--compare-pyg", action="store_true",
+                   help="also time models.GATConv against torch_geometric's, if installed")
+    p.add_argument("--out", default="runs/bench.json", help="JSON with every row")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.ppi_nodes, args.clouds, args.points, args.repeats, args.warmup = 400, 4, 256, 3, 1
+    if args.repeats < 1 or args.warmup < 1 or args.ppi_nodes < 16 or args.points < 20:
+        p.error("need --repeats >= 1, --warmup >= 1, --ppi-nodes >= 16 and --points >= 20 "
+                "(the teacher's k)")
+    return args
+
+
+def main(argv=None):
+    args = get_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda, but torch.cuda.is_available() is False")
+    device = torch.device(args.device if args.device != "auto"
+                          else "cuda" if torch.cuda.is_available() else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    measure = memory_measure(device)
+    cpu = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
+    full = (args.ppi_nodes, args.clouds, args.points) == (2372, 32, 1024)
+    print(f"device {device} ({name}) | torch {torch.__version__} | {torch.get_num_threads()} "
+          f"threads | median of {args.repeats} after {args.warmup} warm-up"
+          + ("" if full else " | SIZES REDUCED from the paper's 2 x 2372 nodes, 32 x 1024 points"))
+    res = {"command": shlex.join(["python"] + sys.argv), "device": str(device),
+           "device_name": name, "cpu": cpu, "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "memory_measure": MEASURES[measure],
+           "full_sizes": full, "args": vars(args), "experiments": {}}
+    for exp, bench in (("ppi", bench_ppi), ("modelnet", bench_modelnet), ("knn", bench_knn)):
+        if args.only in (None, exp):
+            rows, info = bench(args, device, measure)
+            print_table(exp, rows, info, measure)
+            res["experiments"][exp] = {"sizes": info, "rows": rows}
+    if args.compare_pyg:
+        res["pyg"] = compare_pyg(args, device, measure)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
