@@ -141,8 +141,9 @@ def run_rows(makers, args, device, measure):
 
 def distill_loss(method, task_loss, out_s, out_t, regressor, batch, multilabel):
     """Task loss combined with the method's term, as in the training scripts.
-    out_s, out_t: (feature (N, F), logits, edge_index (2, E)) of student and teacher."""
-    (f_s, logits_s, ei_s), (f_t, logits_t, ei_t) = out_s, out_t
+    out_s, out_t: (feature (N, F), logits, edge_index (2, E)) of student and teacher; on
+    PPI out_t also holds the teacher's cached log LS^t per kernel."""
+    (f_s, logits_s, ei_s), (f_t, logits_t, ei_t) = out_s, out_t[:3]
     if method in ("teacher", "student"):
         return task_loss
     if method == "kd":
@@ -152,8 +153,13 @@ def distill_loss(method, task_loss, out_s, out_t, regressor, batch, multilabel):
         return task_loss + AT_WEIGHT * lsp_kd.at_loss(f_s, f_t, batch)
     if method == "fitnet":
         return task_loss + FITNET_WEIGHT * lsp_kd.fitnet_loss(f_s, f_t, regressor)
-    edges = ei_s if ei_s is ei_t else lsp_kd.union_graph(ei_s, ei_t, f_s.size(0))  # E^u
-    return task_loss + LSP_WEIGHT * lsp_kd.lsp_loss(f_s, f_t, edges, kernel=method[4:])
+    kernel = method[4:]
+    if ei_s is ei_t:  # PPI: fixed graph, the teacher's log LS^t cached once, as train_ppi.py
+        log_ls_s = lsp_kd.log_local_structure(f_s, ei_s, kernel)          # (E,)
+        return task_loss + LSP_WEIGHT * lsp_kd.local_structure_kl(
+            log_ls_s, out_t[3][kernel], ei_s, f_s.size(0))
+    edges = lsp_kd.union_graph(ei_s, ei_t, f_s.size(0))                    # E^u, Sec. 3.5
+    return task_loss + LSP_WEIGHT * lsp_kd.lsp_loss(f_s, f_t, edges, kernel=kernel)
 
 
 def run_experiment(build, make_opt, loss_for, widths, infer, args, device, measure):
@@ -221,7 +227,8 @@ def bench_ppi(args, device, measure):
     batch = torch.arange(2, device=device).repeat_interleave(n)     # (N,) graph id
     with torch.no_grad():  # the frozen teacher, once (train_ppi.py's cache)
         feats_t, logits_t = models.gat_teacher().to(device).eval()(x, ei, return_feats=True)
-    out_t = (feats_t[-1], logits_t, ei)                              # (N, 1024), (N, 121)
+        log_ls_t = {k: lsp_kd.log_local_structure(feats_t[-1], ei, k) for k in lsp_kd.KERNELS}
+    out_t = (feats_t[-1], logits_t, ei, log_ls_t)                    # (N, 1024), (N, 121)
 
     def build(method):
         return (models.gat_teacher() if method == "teacher" else models.gat_student()).to(device)

@@ -142,6 +142,14 @@ def lsp_loss(feat_s, feat_t, edge_index, kernel="rbf", num_nodes=None, teacher_f
     log_ls_s = log_local_structure(feat_s, edge_index, kernel, N, **kernel_kwargs)  # (E,)
     with torch.no_grad():
         log_ls_t = log_local_structure(feat_t, edge_index, kernel, N, **kernel_kwargs)  # (E,)
+    return local_structure_kl(log_ls_s, log_ls_t, edge_index, N, teacher_first)
+
+
+def local_structure_kl(log_ls_s, log_ls_t, edge_index, num_nodes, teacher_first=False):
+    """Eq. (5)-(6) from the two log local structures (E,) of log_local_structure: the second
+    half of lsp_loss. On a fixed graph (PPI) the frozen teacher's log LS^t can be computed
+    once and reused at every step; log_ls_t receives no gradient."""
+    N, log_ls_t = num_nodes, log_ls_t.detach()
     if teacher_first:  # NOTE: the official code's direction, KL(LS^t || LS^s)
         kl_edge = log_ls_t.exp() * (log_ls_t - log_ls_s)      # (E,)
     else:              # Eq. (5): LS^s log(LS^s / LS^t)

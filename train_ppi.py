@@ -156,14 +156,18 @@ def evaluate(model, graphs, device):
 
 
 @torch.no_grad()
-def teacher_outputs(teacher, graphs, layer, device):
-    """What the losses need from the frozen teacher, computed once per graph:
-    [(hidden feature of `layer` (N, F_t), logits (N, C))] on `device`."""
+def teacher_outputs(teacher, graphs, args, device):
+    """What the losses need from the frozen teacher, computed once per graph: [(hidden
+    feature (N, F_t), logits (N, C), log LS^t of Eq. (3) (E,) or None without --lsp)]."""
     teacher.eval()
     out = []
     for g in graphs:
-        feats, logits = teacher(g.x.to(device), g.edge_index.to(device), return_feats=True)
-        out.append((feats[layer], logits))
+        ei = g.edge_index.to(device)
+        feats, logits = teacher(g.x.to(device), ei, return_feats=True)
+        feat_t = feats[args.lsp_layer_t]
+        log_ls_t = (lsp_kd.log_local_structure(feat_t, ei, args.kernel, **kernel_kwargs(args))
+                    if args.lsp else None)
+        out.append((feat_t, logits, log_ls_t))
     return out
 
 
@@ -173,7 +177,7 @@ def structure_kl(student, layer_s, graphs, cache_t, device):
     local structures: how far the student is from the teacher's structure (Fig. 1)."""
     student.eval()
     kls = []
-    for g, (feat_t, _) in zip(graphs, cache_t):
+    for g, (feat_t, _, _) in zip(graphs, cache_t):
         ei = g.edge_index.to(device)
         feats_s, _ = student(g.x.to(device), ei, return_feats=True)
         kls.append(lsp_kd.lsp_loss(feats_s[layer_s], feat_t, ei, kernel="rbf").item())
@@ -212,9 +216,12 @@ def train(model, ds, args, device, log, cache_t=None, epochs=None):
                     terms["kd"] = lsp_kd.kd_loss(logits, logits_t, T=args.kd_T, multilabel=True)
                     loss = (1 - args.kd_alpha) * terms["bce"] + args.kd_alpha * terms["kd"]
                 if args.lsp and (args.lsp_epochs is None or epoch < args.lsp_epochs):
-                    terms["lsp"] = lsp_kd.lsp_loss(feat_s, feat_t, ei, kernel=args.kernel,
-                                                   teacher_first=args.teacher_first,
-                                                   **kernel_kwargs(args))
+                    # lsp_loss(feat_s, feat_t, ei, ...) with the teacher's half cached
+                    log_ls_s = lsp_kd.log_local_structure(feat_s, ei, args.kernel,
+                                                          **kernel_kwargs(args))  # (E,)
+                    log_ls_t = torch.cat([cache_t[i][2] for i in idx])            # (E,)
+                    terms["lsp"] = lsp_kd.local_structure_kl(log_ls_s, log_ls_t, ei, len(y),
+                                                             args.teacher_first)
                     loss = loss + args.lsp_weight * terms["lsp"]              # Eq. (7)
                 if args.at:
                     terms["at"] = lsp_kd.at_loss(feat_s, feat_t, g.batch.to(device))
@@ -427,8 +434,7 @@ def main(argv=None):
     if not -len(teacher.layers) < args.lsp_layer_t < len(teacher.layers) - 1:
         sys.exit(f"error: --lsp-layer-t {args.lsp_layer_t} is not a hidden layer of the "
                  f"teacher ({len(teacher.layers) - 1} hidden layers)")
-    cache = {s: teacher_outputs(teacher, ds[s], args.lsp_layer_t, device)
-             for s in ("train", "test")}
+    cache = {s: teacher_outputs(teacher, ds[s], args, device) for s in ("train", "test")}
 
     # ---- student (Table 2)
     set_seed(args.seed)

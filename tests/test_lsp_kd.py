@@ -452,3 +452,27 @@ def test_at_loss_zero_when_equal_and_errors():
     assert at_loss(f, f * 3, batch).item() < 1e-12             # scale-free per graph
     with pytest.raises(ValueError):
         at_loss(f, torch.randn(11, 4))
+
+
+def test_cached_teacher_structure_equals_lsp_loss_on_a_batch_of_graphs():
+    """train_ppi.py caches log LS^t per graph and concatenates it for a batch of graphs:
+    the same loss as lsp_loss on the batch, for every kernel and both KL directions."""
+    from lsp_kd import local_structure_kl, log_local_structure
+    g = torch.Generator().manual_seed(3)
+    sizes, graphs = (7, 5), []
+    for n in sizes:
+        ei = torch.randint(0, n, (2, 4 * n), generator=g)
+        graphs.append((torch.randn(n, 6, generator=g, dtype=torch.float64) * 0.3,
+                       torch.randn(n, 9, generator=g, dtype=torch.float64) * 0.3, ei))
+    offsets = (0, sizes[0])
+    ei = torch.cat([e + o for (_, _, e), o in zip(graphs, offsets)], 1)
+    fs = torch.cat([a for a, _, _ in graphs])
+    ft = torch.cat([b for _, b, _ in graphs])
+    for kernel in KERNELS:
+        cached = torch.cat([log_local_structure(b, e, kernel) for _, b, e in graphs])
+        for teacher_first in (False, True):
+            want = lsp_loss(fs, ft, ei, kernel=kernel, teacher_first=teacher_first)
+            got = local_structure_kl(log_local_structure(fs, ei, kernel), cached, ei,
+                                     fs.size(0), teacher_first)
+            assert want > 1e-6  # not a trivially zero loss
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-14)
