@@ -24,8 +24,8 @@ import torch.nn.functional as F
 import data
 import lsp_kd
 from models import DGCNN, dgcnn_teacher, num_params
-from train_ppi import (Meter, arch_of, atomic_save, kernel_kwargs, kernel_label, load_teacher,
-                       pick_device, set_seed, summarize, sync)
+from train_ppi import (Meter, add_distill_args, arch_of, atomic_save, kernel_kwargs, kernel_label,
+                       load_teacher, pick_device, set_seed, summarize, sync)
 
 # Student variants: the paper's student and the three of Table 6. The paper gives only their
 # sizes (0.44M, 0.14M, 0.30M); these shapes are our reading, with their true counts printed.
@@ -224,23 +224,10 @@ def get_args(argv=None):
                    help="EdgeConv widths, e.g. 32,32,64,128 (overrides --variant)")
     p.add_argument("--mlp-s", type=int_list, default=None, help="MLP widths, e.g. 256")
     p.add_argument("--k-s", type=int, default=10, help="student's k of the kNN graph")
-    # distillation (they combine; none = Student_Full)
-    p.add_argument("--lsp", action="store_true", help="LSP over the union graph, Sec. 3.5")
-    p.add_argument("--kd", action="store_true", help="Hinton KD")
-    p.add_argument("--at", action="store_true", help="attention transfer on point features")
-    p.add_argument("--fitnet", action="store_true", help="FitNet hint with a linear regressor")
-    p.add_argument("--kernel", choices=list(lsp_kd.KERNELS), default="rbf",
-                   help="SIM of Eq. (3)")
-    p.add_argument("--lsp-weight", type=float, default=100.0, help="λ of Eq. (7)")
-    p.add_argument("--sigma", type=float, default=1.0, help="RBF σ, Eq. (8)")
-    p.add_argument("--degree", type=int, default=2, help="polynomial kernel degree d")
-    p.add_argument("--c", type=float, default=0.0, help="polynomial kernel offset c")
+    # distillation
+    add_distill_args(p)  # LSP is taken over the union graph of Sec. 3.5
     p.add_argument("--lsp-layer", type=int, default=-1,
                    help="EdgeConv layer (of each model) whose output LSP/AT/FitNet use")
-    p.add_argument("--kd-alpha", type=float, default=0.1, help="weight α of the KD term")
-    p.add_argument("--kd-T", type=float, default=4.0, help="KD temperature T")
-    p.add_argument("--at-weight", type=float, default=1000.0)
-    p.add_argument("--fitnet-weight", type=float, default=1.0)
     # optimisation
     p.add_argument("--epochs", type=int, default=250)
     p.add_argument("--batch-size", type=int, default=32)

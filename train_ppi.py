@@ -308,6 +308,26 @@ def table_row(model, params, runtime_ms, s_per_iter, peak_mb, f1):
             f"{s_per_iter:>7.3f}s / {peak_mb / 1024:.2f}G {100 * f1:>7.2f}")
 
 
+def add_distill_args(p):
+    """The distillation flags both scripts share; the methods combine, none = Student_Full."""
+    p.add_argument("--lsp", action="store_true", help="local structure preserving, Eq. (7)")
+    p.add_argument("--kd", action="store_true",
+                   help="Hinton KD (on PPI with per-label sigmoids)")
+    p.add_argument("--at", action="store_true",
+                   help="attention transfer on node (PPI) or point features")
+    p.add_argument("--fitnet", action="store_true", help="FitNet hint with a linear regressor")
+    p.add_argument("--kernel", choices=list(lsp_kd.KERNELS), default="rbf",
+                   help="SIM of Eq. (3)")
+    p.add_argument("--lsp-weight", type=float, default=100.0, help="λ of Eq. (7)")
+    p.add_argument("--sigma", type=float, default=1.0, help="RBF σ, Eq. (8)")
+    p.add_argument("--degree", type=int, default=2, help="polynomial kernel degree d")
+    p.add_argument("--c", type=float, default=0.0, help="polynomial kernel offset c")
+    p.add_argument("--kd-alpha", type=float, default=0.1, help="weight α of the KD term")
+    p.add_argument("--kd-T", type=float, default=4.0, help="KD temperature T")
+    p.add_argument("--at-weight", type=float, default=1000.0)
+    p.add_argument("--fitnet-weight", type=float, default=1.0)
+
+
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -325,17 +345,8 @@ def get_args(argv=None):
                         "(default: checkpoints/ppi_teacher_<data>.pt)")
     p.add_argument("--teacher-epochs", type=int, default=500)
     p.add_argument("--teacher-seed", type=int, default=0)
-    # distillation (they combine; none = Student_Full)
-    p.add_argument("--lsp", action="store_true", help="local structure preserving, Eq. (7)")
-    p.add_argument("--kd", action="store_true", help="Hinton KD with per-label sigmoids")
-    p.add_argument("--at", action="store_true", help="attention transfer on node features")
-    p.add_argument("--fitnet", action="store_true", help="FitNet hint with a linear regressor")
-    p.add_argument("--kernel", choices=list(lsp_kd.KERNELS), default="rbf",
-                   help="SIM of Eq. (3)")
-    p.add_argument("--lsp-weight", type=float, default=100.0, help="λ of Eq. (7)")
-    p.add_argument("--sigma", type=float, default=1.0, help="RBF σ, Eq. (8)")
-    p.add_argument("--degree", type=int, default=2, help="polynomial kernel degree d")
-    p.add_argument("--c", type=float, default=0.0, help="polynomial kernel offset c")
+    # distillation
+    add_distill_args(p)
     p.add_argument("--lsp-layer-s", type=int, default=-1,
                    help="student hidden layer whose output (before ELU) LSP/AT/FitNet use")
     p.add_argument("--lsp-layer-t", type=int, default=-1, help="the same, for the teacher")
@@ -346,10 +357,6 @@ def get_args(argv=None):
     p.add_argument("--official", action="store_true",
                    help="the official code's recipe: --lsp --kernel l1_official "
                         "--teacher-first --lsp-weight 1 --lsp-epochs 30 --lsp-layer-s 2")
-    p.add_argument("--kd-alpha", type=float, default=0.1, help="weight α of the KD term")
-    p.add_argument("--kd-T", type=float, default=4.0, help="KD temperature T")
-    p.add_argument("--at-weight", type=float, default=1000.0)
-    p.add_argument("--fitnet-weight", type=float, default=1.0)
     # optimisation
     p.add_argument("--epochs", type=int, default=500)
     p.add_argument("--lr", type=float, default=0.005)
