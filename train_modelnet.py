@@ -25,7 +25,8 @@ import data
 import lsp_kd
 from models import DGCNN, dgcnn_teacher, num_params
 from train_ppi import (Meter, add_distill_args, arch_of, atomic_save, kernel_kwargs, kernel_label,
-                       load_teacher, pick_device, set_seed, summarize, sync)
+                       load_teacher, open_run_log, pick_device, set_seed, summarize, sync,
+                       teacher_ckpt_path)
 
 # Student variants: the paper's student and the three of Table 6. The paper gives only their
 # sizes (0.44M, 0.14M, 0.30M); these shapes are our reading, with their true counts printed.
@@ -279,25 +280,15 @@ def main(argv=None):
     if args.num_points > available:
         sys.exit(f"error: --num-points {args.num_points} is more than the {available} points "
                  f"per cloud that the data holds")
-    tag = "[synthetic] " if args.data == "synthetic" else ""
     method = method_name(args)
     run = f"{data_name}_{method}_seed{args.seed}"
-    os.makedirs(args.out_dir, exist_ok=True)
-    log_file = open(os.path.join(args.out_dir, f"log_{run}.txt"), "w")
-
-    def log(msg):
-        print(tag + msg, flush=True)
-        log_file.write(tag + msg + "\n")
-
-    log(f"command: {' '.join(sys.argv)}")
+    log = open_run_log(args, run)
     log(f"data {data_name}: train {len(ds['train_labels'])} clouds, test "
         f"{len(ds['test_labels'])} clouds, {args.num_points} points | {device}")
 
     # ---- teacher: load, or train and save
     teacher = dgcnn_teacher(num_classes=len(ds["class_names"])).to(device)
-    ckpt_path = args.teacher_ckpt or (
-        os.path.join(args.out_dir, "teacher_dry_run.pt") if args.dry_run
-        else os.path.join("checkpoints", f"modelnet_teacher_{data_name}.pt"))
+    ckpt_path = teacher_ckpt_path(args, f"modelnet_teacher_{data_name}")
     if os.path.exists(ckpt_path):
         ckpt = load_teacher(ckpt_path, teacher, data_name)
         log(f"teacher loaded from {ckpt_path} ({ckpt['epoch'] + 1} epochs)")
@@ -358,7 +349,6 @@ def main(argv=None):
                   res["peak_mem_mb"], acc, macc) + "   | " + " ".join(paper_row(args)))
     log(f"memory = {meter.memory_kind()}; Acc/mAcc = last epoch, test set; results in "
         f"{os.path.join(args.out_dir, f'results_{run}.json')}")
-    log_file.close()
 
 
 if __name__ == "__main__":

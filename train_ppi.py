@@ -116,6 +116,32 @@ class Meter:
         return "CUDA allocator peak" if self.device.type == "cuda" else "process peak RSS"
 
 
+def open_run_log(args, run):
+    """log(msg): print and append to <out_dir>/log_<run>.txt, each line prefixed with
+    "[synthetic] " on synthetic data; starts with the command line."""
+    tag = "[synthetic] " if args.data == "synthetic" else ""
+    os.makedirs(args.out_dir, exist_ok=True)
+    path = os.path.join(args.out_dir, f"log_{run}.txt")
+    open(path, "w").close()
+
+    def log(msg):
+        print(tag + msg, flush=True)
+        with open(path, "a") as f:
+            f.write(tag + msg + "\n")
+
+    log(f"command: {' '.join(sys.argv)}")
+    return log
+
+
+def teacher_ckpt_path(args, name):
+    """--teacher-ckpt, else checkpoints/<name>.pt (a throw-away file in --out-dir for a dry run)."""
+    if args.teacher_ckpt:
+        return args.teacher_ckpt
+    if args.dry_run:
+        return os.path.join(args.out_dir, "teacher_dry_run.pt")
+    return os.path.join("checkpoints", f"{name}.pt")
+
+
 def summarize(out_dir, keys):
     """Mean ± std over seeds of every results_*.json in out_dir, one row per method."""
     rows = {}
@@ -400,26 +426,16 @@ def main(argv=None):
         except data.DataError as e:
             sys.exit(f"error: {e}")
         data_name = "ppi"
-    tag = "[synthetic] " if args.data == "synthetic" else ""
     method = method_name(args)
     run = f"{data_name}_{method}_seed{args.seed}"
-    os.makedirs(args.out_dir, exist_ok=True)
-    log_file = open(os.path.join(args.out_dir, f"log_{run}.txt"), "w")
-
-    def log(msg):
-        print(tag + msg, flush=True)
-        log_file.write(tag + msg + "\n")
-
-    log(f"command: {' '.join(sys.argv)}")
+    log = open_run_log(args, run)
     log(f"data {data_name}: " + ", ".join(f"{s} {len(ds[s])} graphs / "
                                          f"{sum(g.x.size(0) for g in ds[s])} nodes"
                                          for s in ("train", "valid", "test")) + f" | {device}")
 
     # ---- teacher (Table 1): load, or train and save
     teacher = gat_teacher().to(device)
-    ckpt_path = args.teacher_ckpt or (
-        os.path.join(args.out_dir, "teacher_dry_run.pt") if args.dry_run
-        else os.path.join("checkpoints", f"ppi_teacher_{data_name}.pt"))
+    ckpt_path = teacher_ckpt_path(args, f"ppi_teacher_{data_name}")
     if os.path.exists(ckpt_path):
         ckpt = load_teacher(ckpt_path, teacher, data_name)
         log(f"teacher loaded from {ckpt_path} (best val f1 {ckpt['best_val']:.4f} "
@@ -485,7 +501,6 @@ def main(argv=None):
                   res["peak_mem_mb"], test_f1) + "   | " + " ".join(paper))
     log(f"memory = {meter.memory_kind()}; F1 = test micro-F1 at the best-validation epoch; "
         f"results in {os.path.join(args.out_dir, f'results_{run}.json')}")
-    log_file.close()
 
 
 if __name__ == "__main__":
