@@ -162,9 +162,12 @@ def knn_graph(x, k):
     B, P, _ = x.shape
     if not 0 < k <= P:
         raise ValueError(f"k must be in [1, P={P}], got k={k}")
+    # ||x_i - x_j||² = ||x_i||² - 2 x_i·x_j + ||x_j||², and ||x_i||² is the same along row i,
+    # so it does not change which j are nearest: rank by ||x_j||² - 2 x_i·x_j, one fused
+    # baddbmm (32 × 1024 points: 1.4x faster than the three-term sum on one CPU thread)
     sq = x.pow(2).sum(-1)                                          # (B, P)
-    dist = sq.unsqueeze(2) - 2 * x @ x.transpose(1, 2) + sq.unsqueeze(1)  # (B, P, P)
-    nbr = dist.topk(k, dim=-1, largest=False).indices              # (B, P, k)
+    rank = torch.baddbmm(sq.unsqueeze(1), x, x.transpose(1, 2), alpha=-2)  # (B, P, P)
+    nbr = rank.topk(k, dim=-1, largest=False).indices              # (B, P, k)
     offset = torch.arange(B, device=x.device).view(B, 1, 1) * P
     src = (nbr + offset).reshape(-1)                               # (B*P*k,) j
     return torch.stack([src, _knn_targets(B * P, k, x.device)])
@@ -195,13 +198,25 @@ class EdgeConv(nn.Module):
         w_a, w_b = self.fc.weight.chunk(2, dim=1)                 # (F', F) each
         h_j = x @ w_a.t()                                          # (N, F')
         h_i = x @ (w_b - w_a).t()                                  # (N, F')
+        N, E = x.size(0), dst.numel()
+        # knn_graph's layout (each target repeated k times, in order): the max over
+        # neighbours is a reshape, whose backward is far cheaper than scatter_max's
+        # (a DGCNN teacher step on 32 × 256 points: 15 s -> 6 s on one CPU thread)
+        knn_layout = E % N == 0 and torch.equal(dst, _knn_targets(N, E // N, dst.device))
+        if knn_layout and not self.bn.training:
+            # Eval mode (the frozen teacher, inference): BN is a fixed per-channel affine map
+            # a·e + b and LeakyReLU is increasing, so with h_i the same for all of i's edges
+            #   max_j LeakyReLU(a·(h_j + h_i) + b) = LeakyReLU(max_j (a·h_j) + a·h_i + b):
+            # the same numbers, with only a max over gathered rows on the E edges, which
+            # embedding_bag(mode="max") does without materialising the (E, F') gather
+            # (the teacher's four EdgeConvs on 32 × 1024 points, one CPU thread: 6.2 s -> 1.1 s).
+            a = self.bn.weight * (self.bn.running_var + self.bn.eps).rsqrt()  # (F',)
+            b = self.bn.bias - a * self.bn.running_mean                        # (F',)
+            nbr_max = F.embedding_bag(src.view(N, E // N), h_j * a, mode="max")  # (N, F')
+            return F.leaky_relu(nbr_max + h_i * a + b, 0.2)                    # (N, F')
         edge = h_j[src] + h_i[dst]                                 # (E, F')
         edge = F.leaky_relu(self.bn(edge), 0.2)                    # (E, F')
-        N, E = x.size(0), dst.numel()
-        if E % N == 0 and torch.equal(dst, _knn_targets(N, E // N, dst.device)):
-            # knn_graph's layout (each target repeated k times, in order): the max over
-            # neighbours is a reshape, whose backward is far cheaper than scatter_max's
-            # (a DGCNN teacher step on 32 × 256 points: 15 s -> 6 s on one CPU thread)
+        if knn_layout:
             return edge.view(N, E // N, -1).max(dim=1).values      # (N, F')
         return scatter_max(edge, dst, N)                           # (N, F')
 
@@ -238,18 +253,24 @@ class DGCNN(nn.Module):
             width = w
         self.head = nn.Sequential(*head, nn.Linear(width, num_classes))
 
-    def forward(self, pts, return_feats=False):
-        """pts (B, P, 3) -> logits (B, num_classes); with return_feats, also a list with, per
-        EdgeConv, (its output (B*P, F), the edge_index (2, B*P*k) it aggregated over)."""
+    def edge_features(self, pts):
+        """The EdgeConv stack alone: pts (B, P, 3) -> a list with, per EdgeConv, (its output
+        (B*P, F), the edge_index (2, B*P*k) it aggregated over). All that LSP, AT and FitNet
+        take from a teacher, whose embedding and head then need not run."""
         B, P, _ = pts.shape
         x = pts.reshape(B * P, -1)                                 # (B*P, 3)
-        outs, feats = [], []
+        feats = []
         for conv in self.convs:
             edge_index = knn_graph(x.view(B, P, -1), self.k)       # (2, B*P*k)
             x = conv(x, edge_index)                                # (B*P, F)
-            outs.append(x)
             feats.append((x, edge_index))
-        x = torch.cat(outs, dim=-1)                                # (B*P, ΣF)
+        return feats
+
+    def forward(self, pts, return_feats=False):
+        """pts (B, P, 3) -> logits (B, num_classes); with return_feats, also edge_features."""
+        B, P, _ = pts.shape
+        feats = self.edge_features(pts)
+        x = torch.cat([f for f, _ in feats], dim=-1)              # (B*P, ΣF)
         if self.emb is not None:
             x = self.emb(x)                                        # (B*P, emb_dim)
         x = x.view(B, P, -1)                                       # (B, P, F)

@@ -79,7 +79,7 @@ def evaluate(model, ds, args, device, teacher=None):
         feats_s, logits = model(pts, return_feats=True)
         preds.append(logits.argmax(-1).cpu())
         if teacher is not None:
-            feats_t, _ = teacher(pts, return_feats=True)
+            feats_t = teacher.edge_features(pts)
             (f_s, ei_s), (f_t, ei_t) = feats_s[args.lsp_layer], feats_t[args.lsp_layer]
             union = lsp_kd.union_graph(ei_s, ei_t, f_s.size(0))      # (2, E_u)
             kls.append(lsp_kd.lsp_loss(f_s, f_t, union, kernel="rbf").item())
@@ -117,11 +117,14 @@ def train(model, ds, args, device, log, teacher=None, epochs=None):
             loss = terms["ce"]
             if teacher is not None:
                 with torch.no_grad(), torch.autocast(device.type, enabled=args.teacher_amp):
-                    feats_t, logits_t = teacher(pts, return_feats=True)
+                    if args.kd:
+                        feats_t, logits_t = teacher(pts, return_feats=True)
+                    else:  # LSP, AT and FitNet need only the teacher's EdgeConv outputs
+                        feats_t = teacher.edge_features(pts)
                 (f_s, ei_s), (f_t, ei_t) = feats_s[args.lsp_layer], feats_t[args.lsp_layer]
-                f_t, logits_t = f_t.float(), logits_t.float()
+                f_t = f_t.float()
                 if args.kd:  # Hinton: (1 - α) CE + α T² KL
-                    terms["kd"] = lsp_kd.kd_loss(logits, logits_t, T=args.kd_T)
+                    terms["kd"] = lsp_kd.kd_loss(logits, logits_t.float(), T=args.kd_T)
                     loss = (1 - args.kd_alpha) * terms["ce"] + args.kd_alpha * terms["kd"]
                 if args.lsp:  # Sec. 3.5: both local structures over E^u = E^s ∪ E^t
                     union = lsp_kd.union_graph(ei_s, ei_t, B * P)           # (2, E_u)
