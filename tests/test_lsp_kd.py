@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lsp_kd import (KERNELS, at_loss, fitnet_loss, kd_loss, local_structure, lsp_loss,
-                    union_graph)
+from lsp_kd import (KERNELS, at_loss, fitnet_loss, kd_loss, local_structure,
+                    log_local_structure, lsp_loss, union_graph)
 
 
 # ----------------------------------------------------------------------------------------
@@ -118,6 +118,35 @@ def test_local_structure_matches_loop(kernel, kw, scale):
     ls32 = local_structure(feat.float(), edge_index, kernel, **kw)
     assert ls32.dtype == torch.float32
     torch.testing.assert_close(ls32.double(), ref, rtol=1e-4, atol=1e-6)
+
+
+def test_local_structure_in_edge_blocks():
+    """On the CPU the kernel runs on blocks of 2^20 // F edges: with F = 2^15 a block is 32
+    edges, so 300 edges make 10 blocks; values and gradients must equal a one-shot
+    computation (per-centre log_softmax of SIM over all edges at once)."""
+    g = torch.Generator().manual_seed(3)
+    N, F_dim, E = 30, 2 ** 15, 300
+    edge_index = torch.stack([torch.randint(0, N, (E,), generator=g),
+                              torch.randint(0, N, (E,), generator=g)])   # unsorted centres
+    feat = features(N, F_dim, 0.3 / F_dim ** 0.5, seed=4).requires_grad_()
+    feat_t = features(N, F_dim, 0.3 / F_dim ** 0.5, seed=5)
+    weights = torch.rand(E, generator=g, dtype=torch.float64)
+    for kernel in ("rbf", "linear"):
+        src, dst = edge_index
+        sim = KERNELS[kernel](feat[dst], feat[src])                          # one block
+        ref = torch.zeros(E, dtype=torch.float64)
+        for i in range(N):
+            ref = ref.index_put(((dst == i).nonzero()[:, 0],),
+                                torch.log_softmax(sim[dst == i], dim=0))
+        grad_ref, = torch.autograd.grad((ref * weights).sum(), feat)
+        log_ls = log_local_structure(feat, edge_index, kernel)
+        grad, = torch.autograd.grad((log_ls * weights).sum(), feat)
+        torch.testing.assert_close(log_ls, ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-12)
+        assert (ref - ref.mean()).abs().max() > 1e-3                         # not uniform
+        torch.testing.assert_close(lsp_loss(feat, feat_t, edge_index, kernel).item(),
+                                   ref_lsp(feat, feat_t, edge_index, kernel), rtol=1e-9,
+                                   atol=1e-12)
 
 
 @pytest.mark.parametrize("teacher_first", [False, True])
