@@ -15,10 +15,13 @@ Time: the median over `--repeats` rounds; each round runs every row once in turn
 change of machine load hits all rows alike. Memory: the row's state (parameters, gradients,
 optimiser state, counted from the tensors) + the peak growth over one iteration after warm-up
 (activations); the inputs and the frozen teacher exist before the row and are not counted.
+On the CPU that growth is of the process's peak RSS, which heap fragmentation inflates, so a
+second column gives the peak of live tensor bytes from torch.profiler's memory timeline (the
+CPU counterpart of the CUDA allocator's peak; it includes the state the step touches).
 Dimensions: N nodes, E edges, F features, B clouds, P points, k neighbours.
 
     python bench.py                          # full sizes, writes runs/bench.json
-    python bench.py --quick --threads 1      # reduced sizes, about a minute on 2 CPU cores
+    python bench.py --quick --threads 1      # reduced sizes, about 30 s on 2 CPU cores
 """
 import argparse
 import ctypes
@@ -29,7 +32,9 @@ import platform
 import shlex
 import statistics
 import sys
+import tempfile
 import time
+import warnings
 from functools import partial
 
 import torch
@@ -57,6 +62,9 @@ MEASURES = {
                   "before it, after malloc_trim; peak reset by /proc/self/clear_refs)",
     "ru_maxrss": "CPU process peak RSS since start (ru_maxrss): cannot be reset, cumulative",
 }
+TENSORS = ("tensors = peak bytes of live tensors over one iteration (torch.profiler memory "
+           "timeline; includes the row's state): the CPU counterpart of the CUDA allocator's "
+           "peak, free of the heap fragmentation that inflates RSS")
 
 
 # ----------------------------------------------------------------------------------------
@@ -109,10 +117,31 @@ def peak_probe(device, measure):
     return lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def tensor_peak_mb(step, device):
+    """Peak MiB of live tensors on `device` during one step(), from the profiler's memory
+    timeline (which also counts the tensors alive before it: parameters, optimiser state);
+    None where this torch has no export_memory_timeline."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:  # the timeline needs shapes and stacks
+        step()
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated for CUDA, not replaced on CPU
+        path = os.path.join(tmp, "timeline.json")
+        try:
+            prof.export_memory_timeline(path, device=str(device))
+        except (AttributeError, NotImplementedError, RuntimeError):
+            return None
+        with open(path) as f:
+            _, sizes = json.load(f)                  # bytes per category, at each event
+    return max((sum(at) for at in sizes), default=0) / 2**20
+
+
 def run_rows(makers, args, device, measure):
     """makers: {row: (make_step, per)}, make_step() -> (step, state_mb). Per row: `--warmup`
-    calls, then one more for memory alone; then `--repeats` timed rounds over all rows.
-    -> {row: {seconds (median / per), times, state_mb, transient_mb, peak_mb}}."""
+    calls, then one more for memory alone (on the CPU, one more for the tensor peak); then
+    `--repeats` timed rounds over all rows.
+    -> {row: {seconds (median / per), times, state_mb, transient_mb, peak_mb[, tensor_mb]}}."""
     steps = {name: make() for name, (make, _) in makers.items()}
     rows = {}
     for name, (step, state_mb) in steps.items():
@@ -124,6 +153,8 @@ def run_rows(makers, args, device, measure):
         growth = growth()
         rows[name] = {"times": [], "state_mb": state_mb(), "transient_mb": growth,
                       "peak_mb": growth if measure == "ru_maxrss" else state_mb() + growth}
+        if device.type == "cpu":
+            rows[name]["tensor_mb"] = tensor_peak_mb(step, device)
     for _ in range(args.repeats):
         for name, (step, _) in steps.items():
             sync(device)
@@ -267,8 +298,11 @@ def bench_modelnet(args, device, measure):
             ce = F.cross_entropy(logits, labels, label_smoothing=0.2)
             if method in ("teacher", "student"):
                 return ce
-            with torch.no_grad():  # the frozen teacher, every iteration
-                feats_t, logits_t = teacher(pts, return_feats=True)
+            with torch.no_grad():  # the frozen teacher, every iteration; as train_modelnet.py,
+                if method == "kd":  # only KD needs its logits
+                    feats_t, logits_t = teacher(pts, return_feats=True)
+                else:
+                    feats_t, logits_t = teacher.edge_features(pts), None
             (f_s, ei_s), (f_t, ei_t) = feats_s[-1], feats_t[-1]      # last EdgeConv of each
             return distill_loss(method, ce, (f_s, logits, ei_s), (f_t, logits_t, ei_t),
                                 regressor, cloud, multilabel=False)
@@ -354,7 +388,8 @@ def compare_pyg(args, device, measure):
 # Output
 
 def print_table(exp, rows, info, measure):
-    print(f"\n== {exp} | {info}\nmemory = {MEASURES[measure]}")
+    tens = all(r.get("tensor_mb") is not None for r in rows.values())  # CPU: a 2nd memory column
+    print(f"\n== {exp} | {info}\nmemory = {MEASURES[measure]}" + (f"\n{TENSORS}" if tens else ""))
     if exp == "knn":
         print(f"{'row':<16} {'ms':>9} {'MiB':>8} {'x dense':>8}")
         for name, r in rows.items():
@@ -363,18 +398,23 @@ def print_table(exp, rows, info, measure):
         return
     unit = "s/iter" if exp == "ppi" else "s/epoch"
     print(f"{'Model':<23} {'Params':>7} {'ms/sample':>9} {'s/iter':>8} {'MiB':>8} {'x time':>6} "
-          f"{'x mem':>6} | paper: Params RunTime {unit}/GB x time x mem")
+          f"{'x mem':>6}" + (f" {'tensors':>8} {'x tens':>6}" if tens else "")
+          + f" | paper: Params RunTime {unit}/GB x time x mem")
     s, ps = rows["student"], PAPER[exp]["student"]
     for m in METHODS:
         r, p = rows[m], PAPER[exp].get(m)
         r["time_ratio"], r["mem_ratio"] = r["seconds"] / s["seconds"], r["peak_mb"] / s["peak_mb"]
+        if tens:
+            r["tensor_ratio"] = r["tensor_mb"] / s["tensor_mb"]
         inf = rows.get(f"{m} inference")
         run = f"{1e3 * inf['seconds']:.2f}" if inf else "-"
         paper = (f"{p[0]:>5} {p[1]:>6} {p[2]:>5g}/{p[3]:<4g} {p[2] / ps[2]:>5.2f} "
                  f"{p[3] / ps[3]:>5.2f}" if p else "-")
         print(f"{m if m in ('teacher', 'student') else 'student+' + m:<23} "
               f"{r['params'] / 1e6:>6.3f}M {run:>9} {r['seconds']:>8.3f} {r['peak_mb']:>8.1f} "
-              f"{r['time_ratio']:>6.2f} {r['mem_ratio']:>6.2f} | {paper}")
+              f"{r['time_ratio']:>6.2f} {r['mem_ratio']:>6.2f}"
+              + (f" {r['tensor_mb']:>8.1f} {r['tensor_ratio']:>6.2f}" if tens else "")
+              + f" | {paper}")
 
 
 def get_args(argv=None):
@@ -427,7 +467,8 @@ def main(argv=None):
     res = {"command": shlex.join(["python"] + sys.argv), "device": str(device),
            "device_name": name, "cpu": cpu, "torch": torch.__version__,
            "threads": torch.get_num_threads(), "memory_measure": MEASURES[measure],
-           "full_sizes": full, "args": vars(args), "experiments": {}}
+           "tensor_measure": TENSORS if device.type == "cpu" else None, "full_sizes": full,
+           "args": vars(args), "experiments": {}}
     for exp, bench in (("ppi", bench_ppi), ("modelnet", bench_modelnet), ("knn", bench_knn)):
         if args.only in (None, exp):
             rows, info = bench(args, device, measure)

@@ -1,6 +1,6 @@
 """bench.py end to end as a subprocess, at the tiniest sizes: every row of both experiments
 and of the knn comparison is in the JSON with a positive, finite time and memory, the
-memory measure is named, and --compare-pyg without PyG is skipped, not an error."""
+memory measures are named, and --compare-pyg without PyG is skipped, not an error."""
 import importlib.util
 import json
 import math
@@ -27,6 +27,7 @@ def test_bench_tiny_every_row(tmp_path):
     res = json.loads(out.read_text())
     assert res["device"] == "cpu" and res["threads"] == 1 and res["torch"]
     assert res["memory_measure"] and res["memory_measure"] in proc.stdout
+    assert res["tensor_measure"] and res["tensor_measure"] in proc.stdout
     assert "bench.py" in res["command"]
     methods = ["teacher", "student", "kd", "at", "fitnet"] + [f"lsp_{k}" for k in lsp_kd.KERNELS]
     expected = {"ppi": methods + ["teacher inference", "student inference"],
@@ -41,11 +42,14 @@ def test_bench_tiny_every_row(tmp_path):
             assert math.isfinite(r["peak_mb"]) and r["peak_mb"] >= 0, (exp, name, r)
             if exp != "knn":  # the model's parameters at least
                 assert r["peak_mb"] >= r["state_mb"] > 0, (exp, name, r)
+                # CPU: the allocator-independent peak of live tensors, parameters included
+                assert math.isfinite(r["tensor_mb"]) and r["tensor_mb"] > 0, (exp, name, r)
             assert len(r["times"]) == 1
         if exp != "knn":
             assert rows["student"]["time_ratio"] == 1.0
             assert rows["teacher"]["params"] == (3_640_748 if exp == "ppi" else 1_809_576)
             assert all(math.isfinite(rows[m]["time_ratio"]) for m in methods)
+            assert all(math.isfinite(rows[m]["tensor_ratio"]) for m in methods)
     knn = res["experiments"]["knn"]["rows"]
     assert all(knn[f"knn_graph F={F}"]["ratio_to_dense"] > 0 for F in (3, 64))
     if importlib.util.find_spec("torch_geometric") is None:
