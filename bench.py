@@ -16,8 +16,8 @@ change of machine load hits all rows alike. Memory: the row's state (parameters,
 optimiser state, counted from the tensors) + the peak growth over one iteration after warm-up
 (activations); the inputs and the frozen teacher exist before the row and are not counted.
 On the CPU that growth is of the process's peak RSS, which heap fragmentation inflates, so a
-second column gives the peak of live tensor bytes from torch.profiler's memory timeline (the
-CPU counterpart of the CUDA allocator's peak; it includes the state the step touches).
+second column gives the peak of live tensor bytes from torch.profiler's memory timeline (near
+the CUDA allocator's peak; it also counts the tensors from before the step that it reads).
 Dimensions: N nodes, E edges, F features, B clouds, P points, k neighbours.
 
     python bench.py                          # full sizes, writes runs/bench.json
@@ -63,8 +63,8 @@ MEASURES = {
     "ru_maxrss": "CPU process peak RSS since start (ru_maxrss): cannot be reset, cumulative",
 }
 TENSORS = ("tensors = peak bytes of live tensors over one iteration (torch.profiler memory "
-           "timeline; includes the row's state): the CPU counterpart of the CUDA allocator's "
-           "peak, free of the heap fragmentation that inflates RSS")
+           "timeline; includes the tensors from before the step that it reads: state, cached "
+           "teacher outputs): free of the heap fragmentation that inflates RSS")
 
 
 # ----------------------------------------------------------------------------------------
@@ -122,19 +122,21 @@ def tensor_peak_mb(step, device):
     timeline (which also counts the tensors alive before it: parameters, optimiser state);
     None where this torch has no export_memory_timeline."""
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                 with_stack=True) as prof:  # the timeline needs shapes and stacks
-        step()
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # deprecated for CUDA, not replaced on CPU
-        path = os.path.join(tmp, "timeline.json")
-        try:
+    try:  # a measurement only: whatever fails in the profiler leaves the column out
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True,
+                     record_shapes=True, with_stack=True) as prof:  # the timeline needs both
+            step()
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # deprecated for CUDA only
+            path = os.path.join(tmp, "timeline.json")
             prof.export_memory_timeline(path, device=str(device))
-        except (AttributeError, NotImplementedError, RuntimeError):
-            return None
-        with open(path) as f:
-            _, sizes = json.load(f)                  # bytes per category, at each event
-    return max((sum(at) for at in sizes), default=0) / 2**20
+            with open(path) as f:
+                _, sizes = json.load(f)              # bytes per category, at each event
+    except Exception as e:
+        print(f"tensor peak not measured ({type(e).__name__}: {e})")
+        return None
+    peak = max((sum(at) for at in sizes), default=0) / 2**20
+    return peak if peak > 0 else None
 
 
 def run_rows(makers, args, device, measure):
