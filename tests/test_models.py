@@ -322,7 +322,8 @@ def make_edgeconv(in_dim, out_dim, seed):
     torch.manual_seed(seed)
     conv = EdgeConv(in_dim, out_dim).double()
     with torch.no_grad():  # non-trivial BN parameters and running stats; γ of both signs
-        conv.bn.weight.uniform_(0.5, 2.0).mul_(torch.tensor([1.0, -1.0]).repeat(out_dim)[:out_dim])
+        conv.bn.weight.uniform_(0.5, 2.0)
+        conv.bn.weight[1::2].neg_()
         conv.bn.bias.normal_()
         conv.bn.running_mean.normal_()
         conv.bn.running_var.uniform_(0.5, 3.0)
