@@ -169,6 +169,19 @@ def lsp_loss(feat_s, feat_t, edge_index, kernel="rbf", num_nodes=None, teacher_f
     return local_structure_kl(log_ls_s, log_ls_t, edge_index, N, teacher_first)
 
 
+def lsp_loss_fast(feat_s, feat_t, edge_index, kernel="rbf", num_nodes=None,
+                  teacher_first=False, log_ls_t=None, **kernel_kwargs):
+    """lsp_loss as the scripts run it (same numbers): the kernel on blocks of edges,
+    recomputed in backward (log_local_structure); log_ls_t, the frozen teacher's log LS^t
+    (E,), may be passed precomputed (fixed graphs: once per graph), and feat_t is then unused."""
+    N = feat_s.size(0) if num_nodes is None else num_nodes
+    log_ls_s = log_local_structure(feat_s, edge_index, kernel, N, **kernel_kwargs)  # (E,)
+    if log_ls_t is None:
+        with torch.no_grad():
+            log_ls_t = log_local_structure(feat_t, edge_index, kernel, N, **kernel_kwargs)
+    return local_structure_kl(log_ls_s, log_ls_t, edge_index, N, teacher_first)
+
+
 def local_structure_kl(log_ls_s, log_ls_t, edge_index, num_nodes, teacher_first=False):
     """Eq. (5)-(6) from the two log local structures (E,) of log_local_structure: the second
     half of lsp_loss. On a fixed graph (PPI) the frozen teacher's log LS^t can be computed
