@@ -5,6 +5,15 @@ Implements Sec. 3.3-3.5 of "Distilling Knowledge from Graph Convolutional Networ
 Eq. (3) local structure, Eq. (4) and (8) similarity kernels, Eq. (5)-(6) the LSP loss,
 Sec. 3.5 the union graph for dynamic graphs, and the Sec. 4.1 baselines (KD, FitNet, AT).
 
+The loss comes twice, with the same numbers (tests/test_lsp_kd.py proves it):
+- `lsp_loss`: one literal function, Eq. (3) -> (5) -> (6) in numbered steps. It needs only
+  `import torch`: copy it into your own code.
+- `lsp_loss_fast`: what the training scripts run. The kernel goes over blocks of edges and is
+  recomputed in the backward pass (memory O(E) instead of O(E·F)), and the frozen teacher's
+  half can be computed once and reused. Built from the pieces below it.
+Then the diagnostics that say whether an LSP term is alive (`median_sigma`, `kl_from_uniform`,
+`kernel_saturation`) and a structure metric that cannot saturate (`neighbour_rank_correlation`).
+
 Notation (paper symbol -> name here):
     z_i, z_j      feat[i], feat[j]              node features of one layer, (N, F)
     (j, i) ∈ E    edge_index[:, e] = (j, i)     row 0 = source j, row 1 = centre (target) i
@@ -13,9 +22,6 @@ Notation (paper symbol -> name here):
     L_LSP         lsp_loss(...)                 Eq. (6), scalar
     E^u           union_graph(...)              Sec. 3.5
 Suffixes _s and _t mean student and teacher. Dimensions: N nodes, E edges, F features.
-
-Every function needs only torch (the imports below), so any one of them can be copied
-on its own.
 """
 import torch
 import torch.nn.functional as F
@@ -23,7 +29,79 @@ from torch.utils.checkpoint import checkpoint
 
 
 # ----------------------------------------------------------------------------------------
-# Similarity kernels SIM(z_i, z_j) on paired rows: (E, F), (E, F) -> (E,)
+# The LSP loss in one function, Eq. (3)-(6)
+
+def lsp_loss(feat_s, feat_t, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0.0,
+             num_nodes=None, teacher_first=False):
+    """Local Structure Preserving loss, Eq. (3)-(6) of Yang et al., CVPR 2020.
+
+    LS_ij  = exp(SIM(z_i, z_j)) / Σ_{j':(j',i)∈E} exp(SIM(z_i, z_j'))      Eq. (3)
+    S_i    = KL(LS_i^s || LS_i^t) = Σ_j LS_ij^s log(LS_ij^s / LS_ij^t)     Eq. (5)
+    L_LSP  = (1/N) Σ_i S_i                                                 Eq. (6)
+    SIM: "rbf" exp(-||z_i - z_j||² / (2σ²)), "poly" (z_iᵀz_j + c)^d, "linear" z_iᵀz_j (Eq. 8),
+    "l2" ||z_i - z_j||² (Eq. 4, literally a positive distance: the farthest j weighs most).
+
+    With the paper's σ = 1, once neighbours lie more than about 6 apart (unit-scale features
+    of width 16 or more already do), SIM < 1e-8 on every edge: both structures are uniform,
+    and the loss and its gradient vanish. Pass sigma="auto" then: each model's own
+    median-heuristic σ, the median of ||z_i - z_j|| over the edges (not in the paper).
+    Args:
+        feat_s: (N, F_s) student features; gradients flow into them.
+        feat_t: (N, F_t) teacher features; F_t may differ from F_s; never receives gradient.
+        edge_index: (2, E) int64, column e = (j, i): an edge from neighbour j to centre i.
+            For dynamic graphs pass the union of both models' graphs (Sec. 3.5).
+        kernel, sigma, degree, c: SIM and its hyper-parameters (the paper's defaults).
+        num_nodes: N, defaults to feat_s.size(0). Nodes without incoming edges add 0.
+        teacher_first: KL(LS^t || LS^s), the official code's direction, instead of Eq. (5).
+    Returns: a scalar >= 0 (float32 for half-precision input), 0 when the structures agree.
+    """
+    N = feat_s.size(0) if num_nodes is None else num_nodes
+    if feat_s.dim() != 2 or feat_t.dim() != 2 or not feat_t.size(0) == feat_s.size(0) >= N:
+        raise ValueError(f"feat_s and feat_t must be (N, F) with the same N >= num_nodes, "
+                         f"got {tuple(feat_s.shape)} and {tuple(feat_t.shape)}")
+    if (edge_index.dim() != 2 or edge_index.size(0) != 2 or edge_index.is_floating_point()
+            or (edge_index.numel() > 0 and not 0 <= edge_index.min() <= edge_index.max() < N)):
+        raise ValueError(f"edge_index must be a (2, E) integer tensor of nodes in [0, {N})")
+    if kernel not in ("rbf", "poly", "linear", "l2"):
+        raise ValueError(f"unknown kernel {kernel!r}; known kernels: rbf, poly, linear, l2 "
+                         "(and l1_official, the official code's, in lsp_loss_fast)")
+    src, dst = edge_index                                     # j, i: (E,) each
+
+    def log_local_structure(z):                               # log LS_ij per edge, (E,)
+        z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+        z_i, z_j = z[dst], z[src]                             # (E, F) each
+        # 1. SIM(z_i, z_j) on every edge, Eq. (4) / (8)
+        if kernel in ("poly", "linear"):
+            dot = (z_i * z_j).sum(-1)                         # z_iᵀ z_j, (E,)
+            sim = (dot + c) ** degree if kernel == "poly" else dot
+        else:
+            dist2 = (z_i - z_j).pow(2).sum(-1)                # ||z_i - z_j||², (E,)
+            s = sigma
+            if sigma == "auto":  # NOTE: not the paper's: σ = median ||z_i - z_j|| (> 0)
+                s = dist2.detach().median().sqrt().clamp_min(1e-12) if len(dist2) else 1.0
+            sim = dist2 if kernel == "l2" else torch.exp(-dist2 / (2 * s ** 2))
+        # 2. Eq. (3): softmax of SIM over the incoming edges of each centre i, in logs; the
+        #    group's max is subtracted so that exp() stays finite
+        group_max = sim.detach().new_full((N,), -float("inf")).scatter_reduce(
+            0, dst, sim.detach(), "amax")                     # (N,)
+        shifted = sim - group_max[dst]                        # (E,) all <= 0
+        group_sum = shifted.new_zeros(N).index_add(0, dst, shifted.exp())  # (N,)
+        return shifted - group_sum.log()[dst]                 # (E,)
+
+    log_ls_s = log_local_structure(feat_s)
+    with torch.no_grad():
+        log_ls_t = log_local_structure(feat_t)                # the teacher is frozen
+    # 3. Eq. (5): S_i = Σ_j p_ij log(p_ij / q_ij), p = LS^s and q = LS^t (swapped if
+    #    teacher_first); clamped at 0 only against float rounding (~-1e-10)
+    log_p, log_q = (log_ls_t, log_ls_s) if teacher_first else (log_ls_s, log_ls_t)
+    kl_edge = log_p.exp() * (log_p - log_q)                   # (E,)
+    S = kl_edge.new_zeros(N).index_add(0, dst, kl_edge).clamp_min(0)  # (N,)
+    # 4. Eq. (6): the mean over all N nodes
+    return S.mean() if N > 0 else S.sum()
+
+
+# ----------------------------------------------------------------------------------------
+# Similarity kernels SIM(z_i, z_j) on paired rows, for the fast path: (E, F), (E, F) -> (E,)
 
 def sim_l2(z_i, z_j):
     """Eq. (4): SIM = ||z_i - z_j||².
@@ -48,7 +126,7 @@ def sim_linear(z_i, z_j):
 
 
 def sim_l1_official(z_i, z_j, scale=100.0):
-    """The official LSP code's similarity: exp(-||z_i - z_j||₁ / 100). Not in the paper."""
+    """NOTE: the official LSP code's similarity, exp(-||z_i - z_j||₁ / 100); not in the paper."""
     return torch.exp(-(z_i - z_j).abs().sum(-1) / scale)
 
 
@@ -62,7 +140,7 @@ KERNELS = {
 
 
 # ----------------------------------------------------------------------------------------
-# Local structure, Eq. (3)
+# The fast path: Eq. (3) on blocks of edges, then Eq. (5)-(6)
 
 def _check_graph(edge_index, num_nodes):
     if edge_index.dim() != 2 or edge_index.size(0) != 2:
@@ -73,40 +151,50 @@ def _check_graph(edge_index, num_nodes):
         raise ValueError(f"edge_index refers to nodes outside [0, {num_nodes})")
 
 
-def log_local_structure(feat, edge_index, kernel="rbf", num_nodes=None, **kernel_kwargs):
-    """log LS_ij of Eq. (3) for every edge (j, i); see local_structure. Returns (E,)."""
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; known kernels: {', '.join(KERNELS)}")
-    if feat.dim() != 2:
-        raise ValueError(f"feat must have shape (N, F), got {tuple(feat.shape)}")
-    N = feat.size(0) if num_nodes is None else num_nodes
-    _check_graph(edge_index, N)
-    if feat.dtype in (torch.float16, torch.bfloat16):
-        feat = feat.float()  # half precision overflows in the kernels: work in float32
+def per_edge(fn, feat, edge_index):
+    """fn(z_i, z_j) -> (e,) for every edge (j, i), computed on blocks of edges: (E,).
+
+    Blocks of about 2^20 numbers on the CPU (2^24 on a GPU), because gathering all (E, F)
+    rows at once makes allocations that the OS pages in afresh at every call; with
+    gradients, each block is recomputed in the backward pass (checkpoint) instead of keeping
+    its (block, F) tensors: memory O(E) rather than O(E·F). README, Performance, has the times.
+    """
     src, dst = edge_index                                     # j, i: (E,) each
-    # SIM(z_i, z_j) on blocks of edges, concatenated: (E,). NOTE: two measured economies
-    # (numbers in the README, Performance): (1) blocks of about 2^20 numbers on the CPU
-    # (2^24 on a GPU), as gathering all (E, F) rows at once makes allocations that the OS
-    # pages in afresh at every call; (2) with gradients, each block is recomputed in the
-    # backward pass (checkpoint) instead of keeping its (block, F) tensors: memory O(E) for
-    # the loss rather than O(E·F). ModelNet40, CPU: the LSP terms 4-6 s -> 1.2 s.
     E = dst.numel()
     numbers = 2**20 if feat.device.type == "cpu" else 2**24
     per_block = max(1, numbers // max(feat.size(1), 1))      # edges per block
 
-    def sim_block(e):  # SIM for the edges e .. e + per_block - 1: (per_block,)
-        # index_select is feat[idx]; on the CPU its forward is several times faster
-        z_i = feat.index_select(0, dst[e:e + per_block])      # (per_block, F)
-        z_j = feat.index_select(0, src[e:e + per_block])      # (per_block, F)
-        return KERNELS[kernel](z_i, z_j, **kernel_kwargs)
+    def block(e):  # the edges e .. e + per_block - 1: (per_block,)
+        z_i = feat.index_select(0, dst[e:e + per_block])      # (per_block, F); = feat[idx],
+        z_j = feat.index_select(0, src[e:e + per_block])      # several times faster on CPU
+        return fn(z_i, z_j)
 
     starts = range(0, max(E, 1), per_block)  # max: with E = 0, one empty block for cat
     if torch.is_grad_enabled() and feat.requires_grad:
-        sim = torch.cat([checkpoint(sim_block, e, use_reentrant=False,
-                                    preserve_rng_state=False)  # the kernels draw no random numbers
-                         for e in starts])
-    else:
-        sim = torch.cat([sim_block(e) for e in starts])
+        return torch.cat([checkpoint(block, e, use_reentrant=False,
+                                     preserve_rng_state=False)  # fn draws no random numbers
+                          for e in starts])
+    return torch.cat([block(e) for e in starts])
+
+
+def log_local_structure(feat, edge_index, kernel="rbf", num_nodes=None, **kernel_kwargs):
+    """log LS_ij of Eq. (3) for every edge (j, i); see local_structure. Returns (E,).
+    kernel_kwargs: sigma (a number, or "auto" for median_sigma(feat, edge_index)), degree,
+    c, scale."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; known kernels: {', '.join(KERNELS)}")
+    N = feat.size(0) if num_nodes is None else num_nodes
+    if feat.dim() != 2 or feat.size(0) < N:
+        raise ValueError(f"feat must have shape (N, F) with N >= num_nodes = {N}, got "
+                         f"{tuple(feat.shape)}")
+    _check_graph(edge_index, N)
+    if feat.dtype in (torch.float16, torch.bfloat16):
+        feat = feat.float()  # half precision overflows in the kernels: work in float32
+    if kernel_kwargs.get("sigma") == "auto":  # NOTE: not the paper's σ = 1; see lsp_loss
+        kernel_kwargs = {**kernel_kwargs, "sigma": median_sigma(feat, edge_index)}
+    sim = per_edge(lambda z_i, z_j: KERNELS[kernel](z_i, z_j, **kernel_kwargs),
+                   feat, edge_index)                          # SIM per edge, (E,)
+    dst = edge_index[1]
     # Eq. (3): LS_ij = exp(SIM_ij) / Σ_{j':(j',i)∈E} exp(SIM_ij'), done as a log-softmax
     # grouped by the centre i; subtracting each group's max keeps exp() finite.
     # (the max is detached: the softmax does not depend on it, so the gradient is exact)
@@ -133,59 +221,9 @@ def local_structure(feat, edge_index, kernel="rbf", num_nodes=None, **kernel_kwa
     return log_local_structure(feat, edge_index, kernel, num_nodes, **kernel_kwargs).exp()
 
 
-# ----------------------------------------------------------------------------------------
-# The LSP loss, Eq. (5)-(6)
-
-def lsp_loss(feat_s, feat_t, edge_index, kernel="rbf", num_nodes=None, teacher_first=False,
-             **kernel_kwargs):
-    """Local Structure Preserving loss, Eq. (5)-(6) of Yang et al., CVPR 2020.
-
-    LS_ij  = exp(SIM(z_i, z_j)) / Σ_{j':(j',i)∈E} exp(SIM(z_i, z_j'))      Eq. (3)
-    S_i    = KL(LS_i^s || LS_i^t) = Σ_j LS_ij^s log(LS_ij^s / LS_ij^t)     Eq. (5)
-    L_LSP  = (1/N) Σ_i S_i                                                 Eq. (6)
-
-    Args:
-        feat_s: (N, F_s) student features; gradients flow into them.
-        feat_t: (N, F_t) teacher features; F_t may differ from F_s; never receives gradient.
-        edge_index: (2, E) int64 edges (j, i) over which both local structures are taken
-            (for dynamic graphs pass union_graph(...) of the two models' graphs, Sec. 3.5).
-        kernel: name in KERNELS ("rbf" in the paper); kernel_kwargs set sigma/degree/c.
-        num_nodes: N, defaults to feat_s.size(0). Nodes without incoming edges add 0.
-        teacher_first: use KL(LS^t || LS^s) as the official code does, not Eq. (5).
-    Returns:
-        scalar tensor (float32 for half-precision input), >= 0, = 0 when the two local
-        structures are equal.
-    """
-    if feat_s.dim() != 2 or feat_t.dim() != 2:
-        raise ValueError(f"feat_s and feat_t must be (N, F), got {tuple(feat_s.shape)} "
-                         f"and {tuple(feat_t.shape)}")
-    if feat_s.size(0) != feat_t.size(0):
-        raise ValueError(f"feat_s and feat_t must have the same number of nodes, got "
-                         f"{feat_s.size(0)} and {feat_t.size(0)}")
-    N = feat_s.size(0) if num_nodes is None else num_nodes
-    log_ls_s = log_local_structure(feat_s, edge_index, kernel, N, **kernel_kwargs)  # (E,)
-    with torch.no_grad():
-        log_ls_t = log_local_structure(feat_t, edge_index, kernel, N, **kernel_kwargs)  # (E,)
-    return local_structure_kl(log_ls_s, log_ls_t, edge_index, N, teacher_first)
-
-
-def lsp_loss_fast(feat_s, feat_t, edge_index, kernel="rbf", num_nodes=None,
-                  teacher_first=False, log_ls_t=None, **kernel_kwargs):
-    """lsp_loss as the scripts run it (same numbers): the kernel on blocks of edges,
-    recomputed in backward (log_local_structure); log_ls_t, the frozen teacher's log LS^t
-    (E,), may be passed precomputed (fixed graphs: once per graph), and feat_t is then unused."""
-    N = feat_s.size(0) if num_nodes is None else num_nodes
-    log_ls_s = log_local_structure(feat_s, edge_index, kernel, N, **kernel_kwargs)  # (E,)
-    if log_ls_t is None:
-        with torch.no_grad():
-            log_ls_t = log_local_structure(feat_t, edge_index, kernel, N, **kernel_kwargs)
-    return local_structure_kl(log_ls_s, log_ls_t, edge_index, N, teacher_first)
-
-
 def local_structure_kl(log_ls_s, log_ls_t, edge_index, num_nodes, teacher_first=False):
     """Eq. (5)-(6) from the two log local structures (E,) of log_local_structure: the second
-    half of lsp_loss. On a fixed graph (PPI) the frozen teacher's log LS^t can be computed
-    once and reused at every step; log_ls_t receives no gradient."""
+    half of lsp_loss_fast; log_ls_t receives no gradient."""
     N, log_ls_t = num_nodes, log_ls_t.detach()
     if teacher_first:  # NOTE: the official code's direction, KL(LS^t || LS^s)
         kl_edge = log_ls_t.exp() * (log_ls_t - log_ls_s)      # (E,)
@@ -194,6 +232,113 @@ def local_structure_kl(log_ls_s, log_ls_t, edge_index, num_nodes, teacher_first=
     S = kl_edge.new_zeros(N).index_add_(0, edge_index[1], kl_edge)  # Eq. (5): S_i, (N,)
     S = S.clamp_min(0)  # a KL is >= 0; this only removes float rounding (~-1e-10) at S_i = 0
     return S.mean() if N > 0 else S.sum()                     # Eq. (6): mean over all N
+
+
+def lsp_loss_fast(feat_s, feat_t, edge_index, kernel="rbf", num_nodes=None,
+                  teacher_first=False, log_ls_t=None, **kernel_kwargs):
+    """lsp_loss with the same numbers, as the scripts run it: any kernel of KERNELS, on
+    blocks of edges recomputed in backward (log_local_structure). On a fixed graph the
+    frozen teacher's log LS^t (E,) can be computed once and passed as log_ls_t; feat_t is
+    then unused (may be None). sigma="auto" gives each model its own median_sigma."""
+    N = feat_s.size(0) if num_nodes is None else num_nodes
+    if feat_s.dim() != 2 or (feat_t is not None and (feat_t.dim() != 2
+                                                     or feat_t.size(0) != feat_s.size(0))):
+        raise ValueError(f"feat_s and feat_t must be (N, F) with the same N, got "
+                         f"{tuple(feat_s.shape)} and "
+                         f"{None if feat_t is None else tuple(feat_t.shape)}")
+    log_ls_s = log_local_structure(feat_s, edge_index, kernel, N, **kernel_kwargs)  # (E,)
+    if log_ls_t is None:
+        with torch.no_grad():
+            log_ls_t = log_local_structure(feat_t, edge_index, kernel, N, **kernel_kwargs)
+    return local_structure_kl(log_ls_s, log_ls_t, edge_index, N, teacher_first)
+
+
+# ----------------------------------------------------------------------------------------
+# Is the LSP term alive? Diagnostics, and a structure metric that cannot saturate
+
+@torch.no_grad()
+def median_sigma(feat, edge_index):
+    """The median heuristic for an RBF bandwidth: the median over the edges of ||z_i - z_j||
+    (the lower median for an even count, as torch.median), at least 1e-12. A float."""
+    if edge_index.size(1) == 0:
+        return 1.0
+    if feat.dtype in (torch.float16, torch.bfloat16):
+        feat = feat.float()
+    dist2 = per_edge(lambda z_i, z_j: (z_i - z_j).pow(2).sum(-1), feat, edge_index)  # (E,)
+    return max(dist2.median().sqrt().item(), 1e-12)           # median of d² = (median d)²
+
+
+def kl_from_uniform(log_ls, edge_index, num_nodes):
+    """How much structure a local-structure vector holds: for every centre i,
+    KL(LS_i || uniform over i's d_i incoming edges) = log d_i + Σ_j LS_ij log LS_ij,
+    0 for a uniform LS_i (every neighbour alike) and for d_i <= 1. Returns (N,)."""
+    dst = edge_index[1]
+    log_ls = log_ls.detach().float()
+    deg = torch.zeros(num_nodes, device=dst.device).index_add_(
+        0, dst, torch.ones_like(log_ls))                     # d_i, (N,)
+    neg_entropy = torch.zeros_like(deg).index_add_(0, dst, log_ls.exp() * log_ls)  # (N,)
+    kl = (neg_entropy + deg.clamp_min(1).log()).clamp_min(0)  # clamp: float rounding only
+    return torch.where(deg > 1, kl, torch.zeros_like(kl))
+
+
+@torch.no_grad()
+def kernel_saturation(feat, edge_index, kernel="rbf", **kernel_kwargs):
+    """The share of edges whose SIM(z_i, z_j) is exactly 0 or exactly 1 in float32: for the
+    RBF kernel, the edges on which it has underflowed (0) or cannot tell the neighbour from
+    the centre (1). A float in [0, 1]."""
+    if edge_index.size(1) == 0:
+        return 0.0
+    if kernel_kwargs.get("sigma") == "auto":
+        kernel_kwargs = {**kernel_kwargs, "sigma": median_sigma(feat, edge_index)}
+    sim = per_edge(lambda z_i, z_j: KERNELS[kernel](z_i.float(), z_j.float(), **kernel_kwargs),
+                   feat, edge_index)                          # (E,)
+    return ((sim == 0) | (sim == 1)).float().mean().item()
+
+
+def _ranks_in_groups(values, group):
+    """Ranks 1..d of values within each group (ties get their average rank). (E,)"""
+    order = torch.argsort(values, stable=True)
+    order = order[torch.argsort(group[order], stable=True)]  # by group, then by value
+    g, v = group[order], values[order]                        # sorted, (E,) each
+    pos = torch.arange(len(order), device=values.device, dtype=torch.float64)
+    first = torch.full_like(pos, float("inf")).scatter_reduce(  # first position per group
+        0, g, pos, "amin")[g]
+    rank = pos - first + 1                                    # 1..d_i within each group
+    new_run = torch.ones_like(g, dtype=torch.bool)            # a new run of ties starts
+    new_run[1:] = (g[1:] != g[:-1]) | (v[1:] != v[:-1])
+    run = new_run.cumsum(0) - 1                               # run id per sorted edge
+    runs = int(run[-1]) + 1 if len(run) else 0
+    avg = (torch.zeros(runs, dtype=torch.float64, device=values.device).index_add_(0, run, rank)
+           / torch.zeros(runs, dtype=torch.float64, device=values.device).index_add_(
+               0, run, torch.ones_like(rank)))               # mean rank per run of ties
+    out = torch.empty_like(pos)
+    out[order] = avg[run]
+    return out
+
+
+@torch.no_grad()
+def neighbour_rank_correlation(feat_s, feat_t, edge_index, num_nodes=None, min_neighbours=3):
+    """For every centre i, the Spearman rank correlation between the student's and the
+    teacher's distances ||z_i - z_j|| to i's neighbours j: 1 when the student orders the
+    neighbourhood as the teacher does, ~0 for unrelated features. Unlike the KL of LS it
+    needs no kernel and cannot saturate. Returns (N,) float64, NaN for centres with fewer
+    than min_neighbours incoming edges or with all distances tied; average with nanmean."""
+    N = feat_s.size(0) if num_nodes is None else num_nodes
+    _check_graph(edge_index, N)
+    dst = edge_index[1]
+    dist2 = lambda z_i, z_j: (z_i - z_j).double().pow(2).sum(-1)  # noqa: E731, same ranks as d
+    r_s = _ranks_in_groups(per_edge(dist2, feat_s, edge_index), dst)   # (E,)
+    r_t = _ranks_in_groups(per_edge(dist2, feat_t, edge_index), dst)   # (E,)
+
+    def group_sum(x):                                         # Σ over i's edges, (N,)
+        return torch.zeros(N, dtype=torch.float64, device=x.device).index_add_(0, dst, x)
+
+    deg = group_sum(torch.ones_like(r_s))                     # (N,)
+    c_s = r_s - (group_sum(r_s) / deg.clamp_min(1))[dst]      # centred ranks, (E,)
+    c_t = r_t - (group_sum(r_t) / deg.clamp_min(1))[dst]
+    var = group_sum(c_s * c_s) * group_sum(c_t * c_t)         # (N,)
+    rho = group_sum(c_s * c_t) / var.sqrt()                   # Pearson r of the ranks
+    return torch.where((deg >= min_neighbours) & (var > 0), rho, torch.full_like(rho, float("nan")))
 
 
 def union_graph(edge_index_s, edge_index_t, num_nodes=None):

@@ -9,7 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from lsp_kd import (KERNELS, at_loss, fitnet_loss, kd_loss, local_structure,
-                    log_local_structure, lsp_loss, union_graph)
+                    log_local_structure, lsp_loss, lsp_loss_fast, union_graph)
+
+PAPER_KERNELS = ("l2", "rbf", "poly", "linear")
+
+
+def losses(kernel):
+    """The loss functions that implement `kernel`: the literal lsp_loss and lsp_loss_fast for
+    the paper's four kernels, lsp_loss_fast alone for the official code's L1 similarity."""
+    return (lsp_loss, lsp_loss_fast) if kernel in PAPER_KERNELS else (lsp_loss_fast,)
 
 
 # ----------------------------------------------------------------------------------------
@@ -144,48 +152,52 @@ def test_local_structure_in_edge_blocks():
         torch.testing.assert_close(log_ls, ref, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-12)
         assert (ref - ref.mean()).abs().max() > 1e-3                         # not uniform
-        torch.testing.assert_close(lsp_loss(feat, feat_t, edge_index, kernel).item(),
-                                   ref_lsp(feat, feat_t, edge_index, kernel), rtol=1e-9,
-                                   atol=1e-12)
+        for loss_fn in losses(kernel):
+            torch.testing.assert_close(loss_fn(feat, feat_t, edge_index, kernel).item(),
+                                       ref_lsp(feat, feat_t, edge_index, kernel), rtol=1e-9,
+                                       atol=1e-12)
 
 
 @pytest.mark.parametrize("teacher_first", [False, True])
 @pytest.mark.parametrize("kernel,kw,scale", KERNEL_CASES, ids=CASE_IDS)
 def test_lsp_loss_matches_loop(kernel, kw, scale, teacher_first):
-    edge_index = make_graph()
-    feat_s = features(12, 8, scale, seed=2)
-    feat_t = features(12, 8, scale, seed=3)
-    loss = lsp_loss(feat_s, feat_t, edge_index, kernel, teacher_first=teacher_first, **kw)
-    ref = ref_lsp(feat_s, feat_t, edge_index, kernel, teacher_first=teacher_first, **kw)
-    assert ref > 1e-3                                        # not a degenerate comparison
-    assert loss.dim() == 0
-    assert math.isclose(loss.item(), ref, rel_tol=1e-9)
-    loss32 = lsp_loss(feat_s.float(), feat_t.float(), edge_index, kernel,
-                      teacher_first=teacher_first, **kw)
-    assert loss32.dtype == torch.float32
-    assert math.isclose(loss32.item(), ref, rel_tol=1e-4)
+    for loss_fn in losses(kernel):
+        edge_index = make_graph()
+        feat_s = features(12, 8, scale, seed=2)
+        feat_t = features(12, 8, scale, seed=3)
+        loss = loss_fn(feat_s, feat_t, edge_index, kernel, teacher_first=teacher_first, **kw)
+        ref = ref_lsp(feat_s, feat_t, edge_index, kernel, teacher_first=teacher_first, **kw)
+        assert ref > 1e-3                                    # not a degenerate comparison
+        assert loss.dim() == 0
+        assert math.isclose(loss.item(), ref, rel_tol=1e-9)
+        loss32 = loss_fn(feat_s.float(), feat_t.float(), edge_index, kernel,
+                         teacher_first=teacher_first, **kw)
+        assert loss32.dtype == torch.float32
+        assert math.isclose(loss32.item(), ref, rel_tol=1e-4)
 
 
 def test_teacher_first_differs_from_student_first():
-    edge_index = make_graph()
-    feat_s, feat_t = features(12, 8, 0.3, seed=2), features(12, 8, 0.3, seed=3)
-    a = lsp_loss(feat_s, feat_t, edge_index, "rbf")
-    b = lsp_loss(feat_s, feat_t, edge_index, "rbf", teacher_first=True)
-    assert abs(a.item() - b.item()) > 1e-6
-    # KL(t || s) with (s, t) swapped is KL(s || t)
-    c = lsp_loss(feat_t, feat_s, edge_index, "rbf", teacher_first=True)
-    assert math.isclose(a.item(), c.item(), rel_tol=1e-10)
+    for loss_fn in losses("rbf"):
+        edge_index = make_graph()
+        feat_s, feat_t = features(12, 8, 0.3, seed=2), features(12, 8, 0.3, seed=3)
+        a = loss_fn(feat_s, feat_t, edge_index, "rbf")
+        b = loss_fn(feat_s, feat_t, edge_index, "rbf", teacher_first=True)
+        assert abs(a.item() - b.item()) > 1e-6
+        # KL(t || s) with (s, t) swapped is KL(s || t)
+        c = loss_fn(feat_t, feat_s, edge_index, "rbf", teacher_first=True)
+        assert math.isclose(a.item(), c.item(), rel_tol=1e-10)
 
 
 @pytest.mark.parametrize("kernel,kw,scale", KERNEL_CASES, ids=CASE_IDS)
 def test_lsp_different_widths(kernel, kw, scale):
-    edge_index = make_graph()
-    feat_s = features(12, 8, scale, seed=4)
-    feat_t = features(12, 32, scale, seed=5) / 2             # same typical norm as feat_s
-    loss = lsp_loss(feat_s, feat_t, edge_index, kernel, **kw)
-    ref = ref_lsp(feat_s, feat_t, edge_index, kernel, **kw)
-    assert ref > 1e-4
-    assert math.isclose(loss.item(), ref, rel_tol=1e-9)
+    for loss_fn in losses(kernel):
+        edge_index = make_graph()
+        feat_s = features(12, 8, scale, seed=4)
+        feat_t = features(12, 32, scale, seed=5) / 2         # same typical norm as feat_s
+        loss = loss_fn(feat_s, feat_t, edge_index, kernel, **kw)
+        ref = ref_lsp(feat_s, feat_t, edge_index, kernel, **kw)
+        assert ref > 1e-4
+        assert math.isclose(loss.item(), ref, rel_tol=1e-9)
 
 
 # ----------------------------------------------------------------------------------------
@@ -209,118 +221,128 @@ def test_local_structure_sums_to_one(kernel, kw, scale):
 
 @pytest.mark.parametrize("kernel,kw,scale", KERNEL_CASES, ids=CASE_IDS)
 def test_lsp_zero_iff_equal(kernel, kw, scale):
-    edge_index = make_graph()
-    feat = features(12, 8, scale, seed=7, dtype=torch.float32)
-    same = lsp_loss(feat, feat, edge_index, kernel, **kw)
-    assert abs(same.item()) < 1e-6
-    other = features(12, 8, scale, seed=8, dtype=torch.float32)
-    assert lsp_loss(other, feat, edge_index, kernel, **kw).item() > 1e-4
-    assert lsp_loss(other, feat, edge_index, kernel, teacher_first=True, **kw).item() > 1e-4
+    for loss_fn in losses(kernel):
+        edge_index = make_graph()
+        feat = features(12, 8, scale, seed=7, dtype=torch.float32)
+        same = loss_fn(feat, feat, edge_index, kernel, **kw)
+        assert abs(same.item()) < 1e-6
+        other = features(12, 8, scale, seed=8, dtype=torch.float32)
+        assert loss_fn(other, feat, edge_index, kernel, **kw).item() > 1e-4
+        assert loss_fn(other, feat, edge_index, kernel, teacher_first=True, **kw).item() > 1e-4
 
 
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
 def test_lsp_no_gradient_to_teacher(kernel):
-    edge_index = make_graph()
-    feat_s = features(12, 8, 0.5, seed=9, dtype=torch.float32).requires_grad_()
-    feat_t = features(12, 16, 0.5, seed=10, dtype=torch.float32).requires_grad_()
-    loss = lsp_loss(feat_s, feat_t, edge_index, kernel)
-    loss.backward()
-    assert feat_t.grad is None
-    assert feat_s.grad is not None and torch.isfinite(feat_s.grad).all()
-    assert feat_s.grad.abs().max() > 0
+    for loss_fn in losses(kernel):
+        edge_index = make_graph()
+        feat_s = features(12, 8, 0.5, seed=9, dtype=torch.float32).requires_grad_()
+        feat_t = features(12, 16, 0.5, seed=10, dtype=torch.float32).requires_grad_()
+        loss = loss_fn(feat_s, feat_t, edge_index, kernel)
+        loss.backward()
+        assert feat_t.grad is None
+        assert feat_s.grad is not None and torch.isfinite(feat_s.grad).all()
+        assert feat_s.grad.abs().max() > 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
 def test_lsp_half_precision(kernel, dtype):
-    edge_index = make_graph()
-    scale = dict(KERNEL_CASES_DEFAULT_SCALE)[kernel]
-    f_s = features(12, 8, scale, seed=11, dtype=torch.float32)
-    f_t = features(12, 8, scale, seed=12, dtype=torch.float32)
-    h_s, h_t = f_s.to(dtype).requires_grad_(), f_t.to(dtype)
-    loss = lsp_loss(h_s, h_t, edge_index, kernel)
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    # exactly the float32 computation on the rounded features ...
-    exact = lsp_loss(h_s.detach().float(), h_t.float(), edge_index, kernel)
-    assert math.isclose(loss.item(), exact.item(), rel_tol=1e-6, abs_tol=1e-7)
-    # ... and close to the float32 computation on the original ones
-    full = lsp_loss(f_s, f_t, edge_index, kernel)
-    assert math.isclose(loss.item(), full.item(), rel_tol=0.1)
-    loss.backward()
-    assert h_s.grad.dtype == dtype and torch.isfinite(h_s.grad.float()).all()
-
+    for loss_fn in losses(kernel):
+        edge_index = make_graph()
+        scale = dict(KERNEL_CASES_DEFAULT_SCALE)[kernel]
+        f_s = features(12, 8, scale, seed=11, dtype=torch.float32)
+        f_t = features(12, 8, scale, seed=12, dtype=torch.float32)
+        h_s, h_t = f_s.to(dtype).requires_grad_(), f_t.to(dtype)
+        loss = loss_fn(h_s, h_t, edge_index, kernel)
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        # exactly the float32 computation on the rounded features ...
+        exact = loss_fn(h_s.detach().float(), h_t.float(), edge_index, kernel)
+        assert math.isclose(loss.item(), exact.item(), rel_tol=1e-6, abs_tol=1e-7)
+        # ... and close to the float32 computation on the original ones
+        full = loss_fn(f_s, f_t, edge_index, kernel)
+        assert math.isclose(loss.item(), full.item(), rel_tol=0.1)
+        loss.backward()
+        assert h_s.grad.dtype == dtype and torch.isfinite(h_s.grad.float()).all()
 
 
 @pytest.mark.parametrize("teacher_first", [False, True])
 @pytest.mark.parametrize("kernel,kw", [(k, kw) for k, kw, _ in KERNEL_CASES], ids=CASE_IDS)
 def test_lsp_huge_norms_finite(kernel, kw, teacher_first):
-    edge_index = make_graph()
-    f_s = features(12, 16, 1.0, seed=13, dtype=torch.float32)
-    f_t = features(12, 16, 1.0, seed=14, dtype=torch.float32)
-    f_s = (f_s / f_s.norm(dim=1, keepdim=True) * 1e4).requires_grad_()
-    f_t = f_t / f_t.norm(dim=1, keepdim=True) * 1e4
-    loss = lsp_loss(f_s, f_t, edge_index, kernel, teacher_first=teacher_first, **kw)
-    assert torch.isfinite(loss) and loss.item() >= 0
-    loss.backward()
-    assert torch.isfinite(f_s.grad).all()
+    for loss_fn in losses(kernel):
+        edge_index = make_graph()
+        f_s = features(12, 16, 1.0, seed=13, dtype=torch.float32)
+        f_t = features(12, 16, 1.0, seed=14, dtype=torch.float32)
+        f_s = (f_s / f_s.norm(dim=1, keepdim=True) * 1e4).requires_grad_()
+        f_t = f_t / f_t.norm(dim=1, keepdim=True) * 1e4
+        loss = loss_fn(f_s, f_t, edge_index, kernel, teacher_first=teacher_first, **kw)
+        assert torch.isfinite(loss) and loss.item() >= 0
+        loss.backward()
+        assert torch.isfinite(f_s.grad).all()
 
 
 @pytest.mark.parametrize("teacher_first", [False, True])
 @pytest.mark.parametrize("kernel,kw,scale", KERNEL_CASES, ids=CASE_IDS)
 def test_lsp_gradcheck_float64(kernel, kw, scale, teacher_first):
-    edge_index = torch.tensor([[1, 2, 3, 0, 2, 4, 0, 1, 3, 4],
-                               [0, 0, 0, 1, 1, 1, 2, 2, 4, 4]])   # node 3: no incoming
-    f_s = features(5, 3, scale, seed=15).requires_grad_()
-    f_t = features(5, 4, scale, seed=16)
-    assert torch.autograd.gradcheck(
-        lambda fs: lsp_loss(fs, f_t, edge_index, kernel, teacher_first=teacher_first, **kw),
-        (f_s,))
+    for loss_fn in losses(kernel):
+        edge_index = torch.tensor([[1, 2, 3, 0, 2, 4, 0, 1, 3, 4],
+                                   [0, 0, 0, 1, 1, 1, 2, 2, 4, 4]])  # 3: no incoming
+        f_s = features(5, 3, scale, seed=15).requires_grad_()
+        f_t = features(5, 4, scale, seed=16)
+        assert torch.autograd.gradcheck(
+            lambda fs: loss_fn(fs, f_t, edge_index, kernel, teacher_first=teacher_first, **kw),
+            (f_s,))
 
 
 def test_lsp_empty_graph_is_zero():
-    empty = torch.zeros(2, 0, dtype=torch.long)
-    f_s = torch.randn(6, 4, requires_grad=True)
-    loss = lsp_loss(f_s, torch.randn(6, 5), empty, "rbf")
-    assert torch.isfinite(loss) and loss.item() == 0.0
-    loss.backward()
-    assert torch.isfinite(f_s.grad).all() and (f_s.grad == 0).all()
-    assert local_structure(torch.randn(6, 4), empty).shape == (0,)
+    for loss_fn in losses("rbf"):
+        empty = torch.zeros(2, 0, dtype=torch.long)
+        f_s = torch.randn(6, 4, requires_grad=True)
+        loss = loss_fn(f_s, torch.randn(6, 5), empty, "rbf")
+        assert torch.isfinite(loss) and loss.item() == 0.0
+        loss.backward()
+        assert torch.isfinite(f_s.grad).all() and (f_s.grad == 0).all()
+        assert local_structure(torch.randn(6, 4), empty).shape == (0,)
 
 
 def test_lsp_isolated_nodes_add_zero():
-    edge_index = make_graph()
-    f_s, f_t = features(12, 8, 0.3, seed=17), features(12, 8, 0.3, seed=18)
-    loss = lsp_loss(f_s, f_t, edge_index)
-    # 8 extra isolated nodes: same sum, divided by 20 nodes instead of 12
-    pad_s = torch.cat([f_s, features(8, 8, 0.3, seed=19)])
-    pad_t = torch.cat([f_t, features(8, 8, 0.3, seed=20)])
-    padded = lsp_loss(pad_s, pad_t, edge_index)
-    assert math.isclose(padded.item(), loss.item() * 12 / 20, rel_tol=1e-10)
-    assert math.isclose(padded.item(), ref_lsp(pad_s, pad_t, edge_index, "rbf"), rel_tol=1e-9)
+    for loss_fn in losses("rbf"):
+        edge_index = make_graph()
+        f_s, f_t = features(12, 8, 0.3, seed=17), features(12, 8, 0.3, seed=18)
+        loss = loss_fn(f_s, f_t, edge_index)
+        # 8 extra isolated nodes: same sum, divided by 20 nodes instead of 12
+        pad_s = torch.cat([f_s, features(8, 8, 0.3, seed=19)])
+        pad_t = torch.cat([f_t, features(8, 8, 0.3, seed=20)])
+        padded = loss_fn(pad_s, pad_t, edge_index)
+        assert math.isclose(padded.item(), loss.item() * 12 / 20, rel_tol=1e-10)
+        assert math.isclose(padded.item(), ref_lsp(pad_s, pad_t, edge_index, "rbf"),
+                            rel_tol=1e-9)
 
 
 # ----------------------------------------------------------------------------------------
 # Errors
 
-def test_lsp_errors():
+@pytest.mark.parametrize("loss_fn", [lsp_loss, lsp_loss_fast])
+def test_lsp_errors(loss_fn):
     f_s, f_t = torch.randn(6, 4), torch.randn(6, 5)
     edge_index = torch.tensor([[0, 1, 2], [1, 2, 0]])
     with pytest.raises(ValueError):
-        lsp_loss(f_s, torch.randn(7, 5), edge_index)
+        loss_fn(f_s, torch.randn(7, 5), edge_index)
     with pytest.raises(ValueError):
-        lsp_loss(f_s, f_t, torch.zeros(3, 4, dtype=torch.long))
+        loss_fn(f_s, f_t, torch.zeros(3, 4, dtype=torch.long))
     with pytest.raises(ValueError):
-        lsp_loss(f_s, f_t, torch.tensor([0, 1, 2]))
+        loss_fn(f_s, f_t, torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError):
         local_structure(f_s, torch.zeros(3, 4, dtype=torch.long))
     with pytest.raises(ValueError):
-        lsp_loss(f_s, f_t, torch.tensor([[0, 6], [1, 2]]))          # source out of range
+        loss_fn(f_s, f_t, torch.tensor([[0, 6], [1, 2]]))           # source out of range
     with pytest.raises(ValueError):
-        lsp_loss(f_s, f_t, torch.tensor([[0, 1], [1, 9]]))          # target out of range
+        loss_fn(f_s, f_t, torch.tensor([[0, 1], [1, 9]]))           # target out of range
     with pytest.raises(ValueError):
-        lsp_loss(f_s, f_t, torch.tensor([[0, -1], [1, 2]]))         # negative
+        loss_fn(f_s, f_t, torch.tensor([[0, -1], [1, 2]]))          # negative
+    with pytest.raises(ValueError):
+        loss_fn(f_s, f_t, torch.tensor([[0, 1], [1, 7]]), num_nodes=8)  # past feat's rows
     with pytest.raises(ValueError) as err:
-        lsp_loss(f_s, f_t, edge_index, kernel="cosine")
+        loss_fn(f_s, f_t, edge_index, kernel="cosine")
     for name in KERNELS:
         assert name in str(err.value)
     with pytest.raises(ValueError) as err:
@@ -500,8 +522,186 @@ def test_cached_teacher_structure_equals_lsp_loss_on_a_batch_of_graphs():
     for kernel in KERNELS:
         cached = torch.cat([log_local_structure(b, e, kernel) for _, b, e in graphs])
         for teacher_first in (False, True):
-            want = lsp_loss(fs, ft, ei, kernel=kernel, teacher_first=teacher_first)
+            want = losses(kernel)[0](fs, ft, ei, kernel=kernel, teacher_first=teacher_first)
             got = local_structure_kl(log_local_structure(fs, ei, kernel), cached, ei,
                                      fs.size(0), teacher_first)
             assert want > 1e-6  # not a trivially zero loss
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------------------
+# The literal lsp_loss and the fast path agree; lsp_loss pastes on its own
+
+def random_graph(N, E, seed):
+    """Random edges with duplicates and self-loops, some centres of degree 0-2."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, N, (2, E), generator=g)
+
+
+@pytest.mark.parametrize("teacher_first", [False, True])
+@pytest.mark.parametrize("kernel,kw", [("l2", {}), ("rbf", {}), ("rbf", {"sigma": 3.0}),
+                                       ("rbf", {"sigma": "auto"}), ("poly", {}),
+                                       ("poly", {"degree": 3, "c": 1.0}), ("linear", {})])
+def test_lsp_loss_equals_fast_path(kernel, kw, teacher_first):
+    for seed in range(3):
+        edge_index = random_graph(40, 150, seed)
+        scale = 1.0 if kernel == "rbf" else 0.3
+        f_s = features(40, 6, scale, seed=30 + seed).requires_grad_()
+        f_t = features(40, 9, scale, seed=40 + seed)
+        a = lsp_loss(f_s, f_t, edge_index, kernel, teacher_first=teacher_first, **kw)
+        b = lsp_loss_fast(f_s, f_t, edge_index, kernel, teacher_first=teacher_first, **kw)
+        assert a.item() > 1e-4                                   # a live, non-trivial loss
+        grad_a, = torch.autograd.grad(a, f_s)
+        grad_b, = torch.autograd.grad(b, f_s)
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(grad_a, grad_b, rtol=1e-10, atol=1e-14)
+        # the cached teacher half gives the same loss
+        log_ls_t = log_local_structure(f_t, edge_index, kernel, **kw)
+        c = lsp_loss_fast(f_s, None, edge_index, kernel, teacher_first=teacher_first,
+                          log_ls_t=log_ls_t, **kw)
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-15)
+
+
+def test_lsp_loss_pastes_alone():
+    """The source of lsp_loss, executed where only `torch` exists, gives the module's numbers."""
+    import inspect
+    namespace = {"torch": torch}
+    exec(inspect.getsource(lsp_loss), namespace)
+    pasted = namespace["lsp_loss"]
+    edge_index = random_graph(30, 120, seed=5)
+    f_s, f_t = features(30, 8, 0.5, seed=50), features(30, 4, 0.5, seed=51)
+    for kernel in PAPER_KERNELS:
+        for kw in ({}, {"sigma": "auto"}) if kernel == "rbf" else ({},):
+            want = lsp_loss(f_s, f_t, edge_index, kernel, **kw)
+            assert want.item() > 1e-5
+            assert pasted(f_s, f_t, edge_index, kernel, **kw).item() == want.item()
+
+
+def test_sigma_auto_is_each_models_median_sigma():
+    from lsp_kd import median_sigma
+    edge_index = random_graph(25, 100, seed=6)
+    f_s, f_t = features(25, 5, 1.0, seed=60), features(25, 7, 20.0, seed=61)
+    sigma_s, sigma_t = median_sigma(f_s, edge_index), median_sigma(f_t, edge_index)
+    log_s = ref_log_local_structure(f_s, edge_index, "rbf", sigma=sigma_s)
+    log_t = ref_log_local_structure(f_t, edge_index, "rbf", sigma=sigma_t)
+    S = torch.zeros(25, dtype=torch.float64).index_add_(
+        0, edge_index[1], log_s.exp() * (log_s - log_t))
+    for loss_fn in losses("rbf"):
+        got = loss_fn(f_s, f_t, edge_index, "rbf", sigma="auto")
+        assert math.isclose(got.item(), S.mean().item(), rel_tol=1e-6)
+
+
+def test_sigma_auto_keeps_lsp_alive_where_sigma_1_vanishes():
+    """Unit-scale random features of width 64: neighbours lie ~11 apart, exp(-11²/2) ~ 1e-27,
+    so with σ = 1 both structures are uniform and the loss and its gradient vanish."""
+    edge_index = random_graph(500, 5000, seed=7)
+    g = torch.Generator().manual_seed(8)
+    f_s = torch.randn(500, 64, generator=g).requires_grad_()
+    f_t = torch.randn(500, 64, generator=g)
+    for loss_fn in losses("rbf"):
+        dead = loss_fn(f_s, f_t, edge_index, "rbf")
+        alive = loss_fn(f_s, f_t, edge_index, "rbf", sigma="auto")
+        grad_dead, = torch.autograd.grad(dead, f_s)
+        grad_alive, = torch.autograd.grad(alive, f_s)
+        assert dead.item() < 1e-6 and grad_dead.norm() < 1e-6
+        assert alive.item() > 1e-3 and grad_alive.norm() > 1e-5
+
+
+# ----------------------------------------------------------------------------------------
+# Diagnostics: median_sigma, kl_from_uniform, kernel_saturation, neighbour_rank_correlation
+
+def test_median_sigma_matches_numpy():
+    import numpy as np
+    from lsp_kd import median_sigma
+    for E in (101, 100):                                    # odd and even counts
+        edge_index = random_graph(50, E, seed=E)
+        feat = features(50, 7, 2.0, seed=E, dtype=torch.float32)
+        src, dst = edge_index.numpy()
+        dist = np.linalg.norm(feat.numpy()[dst].astype(np.float64)
+                              - feat.numpy()[src].astype(np.float64), axis=1)
+        want = np.percentile(dist, 50, method="lower")    # torch.median's lower median
+        assert math.isclose(median_sigma(feat, edge_index), want, rel_tol=1e-5)
+    assert median_sigma(feat, torch.zeros(2, 0, dtype=torch.long)) == 1.0
+
+
+def test_kl_from_uniform_matches_loop():
+    from lsp_kd import kl_from_uniform
+    edge_index = make_graph()                                # degrees 0, 1 and more
+    feat = features(12, 8, 0.5, seed=70)
+    log_ls = log_local_structure(feat, edge_index, "l2")
+    got = kl_from_uniform(log_ls, edge_index, 12)
+    dst = edge_index[1].tolist()
+    for i in range(12):
+        edges = [e for e in range(len(dst)) if dst[e] == i]
+        p = log_ls[edges].exp().double()
+        want = (p * (p.log() + math.log(len(edges)))).sum().item() if len(edges) > 1 else 0.0
+        assert math.isclose(got[i].item(), want, rel_tol=1e-5, abs_tol=1e-7)
+    assert got.max() > 1e-2                                  # this structure is not uniform
+    uniform = log_local_structure(torch.zeros(12, 8), edge_index, "rbf")  # all SIM equal
+    assert kl_from_uniform(uniform, edge_index, 12).abs().max() < 1e-6
+
+
+def test_kernel_saturation():
+    from lsp_kd import kernel_saturation
+    edge_index = make_graph()
+    src, dst = edge_index
+    off_loop = (src != dst).float().mean().item()            # self-loops give SIM = 1
+    feat = features(12, 64, 1.0, seed=71, dtype=torch.float32)
+    assert 1 - off_loop > 0.05                               # the graph has self-loops
+    assert kernel_saturation(feat, edge_index, "rbf") < 1 - off_loop + 0.05
+    assert kernel_saturation(100 * feat, edge_index, "rbf") == 1.0   # exp(-huge) = 0
+    # with the median σ only the self-loops are left at exactly 1
+    assert kernel_saturation(100 * feat, edge_index, "rbf", sigma="auto") == pytest.approx(
+        1 - off_loop)
+
+
+def ref_rank_correlation(feat_s, feat_t, edge_index, min_neighbours=3):
+    import numpy as np
+    from scipy.stats import spearmanr
+    src, dst = edge_index.tolist()
+    out = []
+    for i in range(feat_s.size(0)):
+        nbrs = [src[e] for e in range(len(dst)) if dst[e] == i]
+        d_s = [float((feat_s[i] - feat_s[j]).norm()) for j in nbrs]
+        d_t = [float((feat_t[i] - feat_t[j]).norm()) for j in nbrs]
+        if len(nbrs) < min_neighbours or len(set(d_s)) == 1 or len(set(d_t)) == 1:
+            out.append(float("nan"))
+        else:
+            out.append(spearmanr(d_s, d_t).statistic)
+    return np.array(out)
+
+
+def test_neighbour_rank_correlation_matches_scipy_with_ties():
+    import numpy as np
+    from lsp_kd import neighbour_rank_correlation
+    g = torch.Generator().manual_seed(9)
+    # a coarse grid of values, so that many distances tie
+    f_s = torch.randint(0, 3, (40, 2), generator=g).double()
+    f_t = torch.randint(0, 3, (40, 3), generator=g).double()
+    edge_index = random_graph(40, 200, seed=10)               # degrees 0 .. ~12
+    got = neighbour_rank_correlation(f_s, f_t, edge_index).numpy()
+    want = ref_rank_correlation(f_s, f_t, edge_index)
+    assert np.isnan(got).sum() > 0 and (~np.isnan(got)).sum() > 20
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got[~np.isnan(got)], want[~np.isnan(want)], atol=1e-10)
+
+
+def test_neighbour_rank_correlation_scaled_teacher_and_random():
+    import numpy as np
+    from lsp_kd import neighbour_rank_correlation
+    edge_index = random_graph(300, 3000, seed=11)
+    f_t = features(300, 16, 1.0, seed=80)
+    same = neighbour_rank_correlation(3.0 * f_t, f_t, edge_index).numpy()
+    assert np.nanmin(same) == pytest.approx(1.0)
+    unrelated = neighbour_rank_correlation(features(300, 16, 1.0, seed=81), f_t, edge_index)
+    assert abs(np.nanmean(unrelated.numpy())) < 0.05
+
+
+def test_readme_shows_the_current_lsp_loss():
+    import inspect
+    import os
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "README.md")
+    with open(readme) as f:
+        text = f.read()
+    assert "```python\n" + inspect.getsource(lsp_loss) + "```" in text
