@@ -14,6 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+NEGATIVE_SLOPE = 0.2            # of every LeakyReLU: GAT's (Eq. 2) and DGCNN's
+PPI_FEATURES, PPI_LABELS = 50, 121   # the GATs' input and output widths (Sec. 4.1)
+
 
 # ----------------------------------------------------------------------------------------
 # Scatter operations: reductions over the edges that share a target node
@@ -62,16 +65,22 @@ class GATConv(nn.Module):
     """
 
     def __init__(self, in_dim, out_dim, heads, residual=False, concat=True,
-                 negative_slope=0.2, feat_drop=0.0, attn_drop=0.0):
+                 negative_slope=NEGATIVE_SLOPE, feat_drop=0.0, attn_drop=0.0):
         super().__init__()
         self.heads, self.out_dim, self.concat = heads, out_dim, concat
+        # NOTE: the paper does not say how its GAT is built; here DGL 0.4's GATConv, which the
+        # official code uses: no bias anywhere, because with it the teacher has exactly the
+        # paper's 3,640,748 parameters.
         self.fc = nn.Linear(in_dim, heads * out_dim, bias=False)
         self.attn_src = nn.Parameter(torch.empty(1, heads, out_dim))
         self.attn_dst = nn.Parameter(torch.empty(1, heads, out_dim))
         self.leaky_relu = nn.LeakyReLU(negative_slope)
         self.feat_drop = nn.Dropout(feat_drop)
         self.attn_drop = nn.Dropout(attn_drop)
-        if residual:  # as DGL 0.4: a Linear only where the widths differ
+        # NOTE: the paper's Eq. (2) has no residual; here DGL 0.4's: a bias-free Linear where
+        # the widths differ, else the identity, because the official code adds it and its
+        # weights are part of the paper's 3,640,748.
+        if residual:
             self.res_fc = (nn.Linear(in_dim, heads * out_dim, bias=False)
                            if in_dim != out_dim else nn.Identity())
         else:
@@ -104,14 +113,12 @@ class GAT(nn.Module):
     Paper teacher:  GAT(50, [256, 256], [4, 4, 6], 121)            3,640,748 parameters
     Paper student:  GAT(50, [68] * 4, [2] * 5, 121)                  185,172 parameters
     The first layer has no residual, later ones do (as the official code).
-
-    Self-loops: the graph is used exactly as given (like DGL 0.4 and the official code; PPI
-    has none), so a node does not attend to itself. self_loops=True adds one loop per node
-    first (what PyG's GATConv does by default).
+    The graph is used exactly as given, so a node does not attend to itself unless the graph
+    has its self-loop; self_loops=True adds one loop per node first (as PyG's GATConv does).
     """
 
     def __init__(self, in_dim, hidden_dims, heads, out_dim, residual=True, self_loops=False,
-                 negative_slope=0.2, feat_drop=0.0, attn_drop=0.0):
+                 negative_slope=NEGATIVE_SLOPE, feat_drop=0.0, attn_drop=0.0):
         super().__init__()
         if len(heads) != len(hidden_dims) + 1:
             raise ValueError(f"need one head count per layer: {len(hidden_dims) + 1} layers, "
@@ -119,6 +126,8 @@ class GAT(nn.Module):
         self.self_loops = self_loops
         dims = [in_dim] + [h * d for h, d in zip(heads, hidden_dims)]  # layer input widths
         kw = dict(negative_slope=negative_slope, feat_drop=feat_drop, attn_drop=attn_drop)
+        # NOTE: the paper does not say; here the first layer has no residual and the later
+        # ones do, because the official code (DGL 0.4's GAT example) builds it so.
         self.layers = nn.ModuleList(
             [GATConv(dims[l], hidden_dims[l], heads[l], residual=residual and l > 0, **kw)
              for l in range(len(hidden_dims))]
@@ -127,6 +136,9 @@ class GAT(nn.Module):
     def forward(self, x, edge_index, return_feats=False):
         """x (N, F_in), edge_index (2, E) -> logits (N, out_dim); with return_feats, also the
         output of every hidden layer before its ELU, a list of (N, H*F)."""
+        # NOTE: GAT (Velickovic et al.) and PyG's GATConv let each node attend to itself; here
+        # the graph is used as given (PPI has no self-loops) unless self_loops=True, because
+        # DGL 0.4 and the official code do so.
         if self.self_loops:
             edge_index = add_self_loops(edge_index, x.size(0))
         feats = []
@@ -140,12 +152,15 @@ class GAT(nn.Module):
 
 def gat_teacher(**kw):
     """The paper's PPI teacher: 3 layers, heads 4,4,6, hidden 256,256, 121 outputs."""
-    return GAT(50, [256, 256], [4, 4, 6], 121, **kw)
+    return GAT(PPI_FEATURES, [256, 256], [4, 4, 6], PPI_LABELS, **kw)
 
 
 def gat_student(**kw):
     """The paper's PPI student: 5 layers, 2 heads each, hidden 68, 121 outputs."""
-    return GAT(50, [68, 68, 68, 68], [2, 2, 2, 2, 2], 121, **kw)
+    # NOTE: the paper says this student has 0.16M parameters; here it has 185,172, because
+    # its printed layer sizes, built like the teacher (DGL 0.4, as the official code), give
+    # that many. The sizes are kept, not the count.
+    return GAT(PPI_FEATURES, [68, 68, 68, 68], [2, 2, 2, 2, 2], PPI_LABELS, **kw)
 
 
 # ----------------------------------------------------------------------------------------
@@ -163,8 +178,7 @@ def knn_graph(x, k):
     if not 0 < k <= P:
         raise ValueError(f"k must be in [1, P={P}], got k={k}")
     # ||x_i - x_j||² = ||x_i||² - 2 x_i·x_j + ||x_j||², and ||x_i||² is the same along row i,
-    # so it does not change which j are nearest: rank by ||x_j||² - 2 x_i·x_j, one fused
-    # baddbmm (32 × 1024 points: 1.4x faster than the three-term sum on one CPU thread)
+    # so it does not change which j are nearest: rank by ||x_j||² - 2 x_i·x_j, one baddbmm
     sq = x.pow(2).sum(-1)                                          # (B, P)
     rank = torch.baddbmm(sq.unsqueeze(1), x, x.transpose(1, 2), alpha=-2)  # (B, P, P)
     nbr = rank.topk(k, dim=-1, largest=False).indices              # (B, P, k)
@@ -178,47 +192,67 @@ def _knn_targets(N, k, device):
     return torch.arange(N, device=device).repeat_interleave(k)
 
 
+def _knn_degree(dst, N):
+    """k when dst (E,) is row 1 of a knn_graph over N nodes (each node repeated k times, in
+    order), else None."""
+    E = dst.numel()
+    if E % N == 0 and torch.equal(dst, _knn_targets(N, E // N, dst.device)):
+        return E // N
+    return None
+
+
 class EdgeConv(nn.Module):
     """EdgeConv: x_i' = max_{j:(j,i)∈E} LeakyReLU(BN(W [x_j - x_i || x_i])).
 
     An instance of Eq. (1): g_φ is the identity, h_θ the 1×1 conv (bias-free Linear) + BN +
     LeakyReLU(0.2) on the edge feature, and the aggregation A is the max.
+    forward computes this formula edge by edge, except in eval mode on a knn_graph, where it
+    hands over to forward_eval_knn: the same numbers, without the (E, F') edge features.
     """
 
     def __init__(self, in_dim, out_dim):
         super().__init__()
-        self.fc = nn.Linear(2 * in_dim, out_dim, bias=False)
+        self.fc = nn.Linear(2 * in_dim, out_dim, bias=False)      # W = [W_a | W_b]
         self.bn = nn.BatchNorm1d(out_dim)
 
     def forward(self, x, edge_index):
-        src, dst = edge_index                                      # j, i: (E,)
-        # W [x_j - x_i || x_i] = W_a x_j + (W_b - W_a) x_i with W = [W_a | W_b]: the same
-        # numbers as DGCNN's 1×1 conv on the (E, 2F) edge features, but the matmuls run on
-        # the N points instead of the E = k·N edges: k times fewer multiply-adds.
-        w_a, w_b = self.fc.weight.chunk(2, dim=1)                 # (F', F) each
-        h_j = x @ w_a.t()                                          # (N, F')
-        h_i = x @ (w_b - w_a).t()                                  # (N, F')
-        N, E = x.size(0), dst.numel()
-        # knn_graph's layout (each target repeated k times, in order): the max over
-        # neighbours is a reshape, whose backward is far cheaper than scatter_max's
-        # (a DGCNN teacher step on 32 × 256 points: 15 s -> 6 s on one CPU thread)
-        knn_layout = E % N == 0 and torch.equal(dst, _knn_targets(N, E // N, dst.device))
-        if knn_layout and not self.bn.training:
-            # Eval mode (the frozen teacher, inference): BN is a fixed per-channel affine map
-            # a·e + b and LeakyReLU is increasing, so with h_i the same for all of i's edges
-            #   max_j LeakyReLU(a·(h_j + h_i) + b) = LeakyReLU(max_j (a·h_j) + a·h_i + b):
-            # the same numbers, with only a max over gathered rows on the E edges, which
-            # embedding_bag(mode="max") does without materialising the (E, F') gather
-            # (the teacher's four EdgeConvs on 32 × 1024 points, one CPU thread: 6.2 s -> 1.1 s).
-            a = self.bn.weight * (self.bn.running_var + self.bn.eps).rsqrt()  # (F',)
-            b = self.bn.bias - a * self.bn.running_mean                        # (F',)
-            nbr_max = F.embedding_bag(src.view(N, E // N), h_j * a, mode="max")  # (N, F')
-            return F.leaky_relu(nbr_max + h_i * a + b, 0.2)                    # (N, F')
-        edge = h_j[src] + h_i[dst]                                 # (E, F')
-        edge = F.leaky_relu(self.bn(edge), 0.2)                    # (E, F')
-        if knn_layout:
-            return edge.view(N, E // N, -1).max(dim=1).values      # (N, F')
+        """x (N, F), edge_index (2, E) -> (N, F'); a node without incoming edges gets 0."""
+        N = x.size(0)
+        src, dst = edge_index                                      # j, i: (E,) each
+        k = _knn_degree(dst, N)                                    # None: not a kNN graph
+        if k is not None and not self.bn.training:  # the frozen teacher: same numbers, fused
+            return self.forward_eval_knn(x, src.view(N, k))       # (N, k) sources of each i
+        h_j, h_i = self._project(x)                                # (N, F') each
+        edge = h_j[src] + h_i[dst]                                 # W [x_j - x_i || x_i]: (E, F')
+        edge = F.leaky_relu(self.bn(edge), NEGATIVE_SLOPE)         # (E, F')
+        if k is not None:  # each node's k edges are consecutive rows: max over a reshape
+            return edge.view(N, k, -1).max(dim=1).values           # (N, F')
         return scatter_max(edge, dst, N)                           # (N, F')
+
+    def _project(self, x):
+        """The two halves of W [x_j - x_i || x_i] = W_a x_j + (W_b - W_a) x_i, W = [W_a | W_b],
+        per point: h_j = W_a x and h_i = (W_b - W_a) x, (N, F') each. Equal, up to rounding, to
+        DGCNN's 1×1 conv on the (E, 2F) edge features, but the matmuls run on the N points
+        instead of the E = k·N edges: k times fewer multiply-adds."""
+        w_a, w_b = self.fc.weight.chunk(2, dim=1)                 # (F', F) each
+        return x @ w_a.t(), x @ (w_b - w_a).t()                    # (N, F'), (N, F')
+
+    def forward_eval_knn(self, x, nbr):
+        """forward in eval mode (the frozen teacher, inference) on a kNN graph; nbr (N, k) holds
+        the k sources j of each node i (row 0 of knn_graph, viewed as (N, k)). -> (N, F').
+
+        In eval mode BN is a fixed per-channel affine map a·e + b, and LeakyReLU is
+        increasing; h_i is the same on all of i's edges, so
+            max_j LeakyReLU(a·(h_j + h_i) + b) = LeakyReLU(max_j (a·h_j) + a·h_i + b):
+        the same numbers up to rounding, with only a max over gathered rows of a·h_j left on
+        the edges, which embedding_bag(mode="max") does without materialising the (E, F')
+        gather. (a < 0 is fine: the max is taken after the scaling.)"""
+        h_j, h_i = self._project(x)                                # (N, F') each
+        bn = self.bn
+        a = bn.weight * (bn.running_var + bn.eps).rsqrt()          # (F',)
+        b = bn.bias - a * bn.running_mean                          # (F',)
+        nbr_max = F.embedding_bag(nbr, h_j * a, mode="max")        # max_j a·h_j: (N, F')
+        return F.leaky_relu(nbr_max + h_i * a + b, NEGATIVE_SLOPE)  # (N, F')
 
 
 class DGCNN(nn.Module):
@@ -243,13 +277,13 @@ class DGCNN(nn.Module):
         self.emb = None
         if emb_dim:  # point-wise layer on the concatenated EdgeConv outputs
             self.emb = nn.Sequential(nn.Linear(width, emb_dim, bias=False),
-                                     nn.BatchNorm1d(emb_dim), nn.LeakyReLU(0.2))
+                                     nn.BatchNorm1d(emb_dim), nn.LeakyReLU(NEGATIVE_SLOPE))
             width = emb_dim
         width *= 2 if pool == "maxavg" else 1
         head = []
         for l, w in enumerate(mlp):  # as DGCNN: only the first MLP Linear is bias-free
-            head += [nn.Linear(width, w, bias=l > 0), nn.BatchNorm1d(w), nn.LeakyReLU(0.2),
-                     nn.Dropout(dropout)]
+            head += [nn.Linear(width, w, bias=l > 0), nn.BatchNorm1d(w),
+                     nn.LeakyReLU(NEGATIVE_SLOPE), nn.Dropout(dropout)]
             width = w
         self.head = nn.Sequential(*head, nn.Linear(width, num_classes))
 
@@ -288,6 +322,10 @@ def dgcnn_teacher(**kw):
 
 def dgcnn_student(**kw):
     """The paper's ModelNet40 student (0.1M parameters)."""
+    # NOTE: the paper gives only the EdgeConv widths, k = 10, one MLP layer of 256 and
+    # "0.1M" parameters; here no embedding layer and max pooling only (the teacher has
+    # both, as DGCNN), because that reading has 99,560 ≈ 0.1M parameters (165,096 with the
+    # teacher's max ⊕ avg pooling).
     return DGCNN((32, 32, 64, 128), emb_dim=0, pool="max", mlp=(256,), k=10, **kw)
 
 

@@ -346,6 +346,26 @@ def test_edgeconv_eval_matches_loop():
     assert (out[5] == 0).all()
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_edgeconv_fused_eval_path_used_and_equal_to_literal(train, monkeypatch):
+    """In eval mode on a knn_graph, forward hands over to forward_eval_knn (and only then);
+    its output equals the literal edge-by-edge path, reached here by shuffling the edges."""
+    conv = make_edgeconv(5, 7, seed=2).train(train)
+    x = torch.randn(3, 11, 5, dtype=torch.float64).view(33, 5)
+    edge_index = knn_graph(x.view(3, 11, 5), 4)
+    shuffled = edge_index[:, torch.randperm(edge_index.size(1))]     # same edges, other layout
+    calls = []
+    fused = conv.forward_eval_knn
+    monkeypatch.setattr(conv, "forward_eval_knn", lambda *a: calls.append(1) or fused(*a))
+    out = conv(x, edge_index)
+    assert len(calls) == (0 if train else 1)
+    if not train:
+        torch.testing.assert_close(out, fused(x, edge_index[0].view(33, 4)), rtol=0, atol=0)
+    # the literal path (in train mode, BN's batch stats do not depend on the edge order)
+    torch.testing.assert_close(out, conv(x, shuffled), rtol=1e-12, atol=1e-12)
+    assert len(calls) == (0 if train else 1)                       # not for the shuffled graph
+
+
 def test_edgeconv_train_mode_matches_loop():
     conv = make_edgeconv(3, 5, seed=1).train()
     x = torch.randn(2, 8, 3, dtype=torch.float64)
