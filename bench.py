@@ -181,6 +181,8 @@ def run_experiment(build, make_opt, loss_for, widths, infer, args, device, measu
     return rows
 
 
+# NOTE: the paper times its runs on the real data; here on random inputs of the real sizes,
+# because a step's time and memory depend on the sizes (and the degrees), not on the values.
 def ppi_graph(n, avg_degree, gen):
     """Random graph with heavy-tailed degrees (Chung-Lu): node weights θ = U^(-1/2) ~ Pareto(2)
     (>= 1, capped at n/10), both ends of each undirected edge drawn ∝ θ, self-loops and

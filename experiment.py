@@ -36,7 +36,7 @@ def set_seed(seed):
 
 
 def pick_device(name):
-    """--device auto|cpu|cuda -> torch.device; exits with a clear message for an absent GPU."""
+    """--device auto|cpu|cuda -> torch.device; a clear exit when CUDA is asked for but absent."""
     if name == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda was asked for, but torch.cuda.is_available() is False "
                  "(no GPU, or a CPU-only torch build); use --device cpu or auto")
@@ -103,10 +103,8 @@ def save_results(args, run, res):
 
 
 def given_flags(parser, argv=None):
-    """The dests of the flags given in argv (None: sys.argv[1:]), as opposed to those left at
-    their defaults: argparse fills in a default only where the namespace lacks the name, so a
-    second parse into a namespace that already holds a marker everywhere leaves the marker
-    exactly where no flag was given."""
+    """The dests of the flags given in argv (None: sys.argv[1:]), not left at their defaults:
+    argparse sets a default only where the namespace lacks it, so a marker stays unset."""
     unset = object()
     marked = argparse.Namespace(**{dest: unset for dest in vars(parser.parse_args(argv))})
     return {dest for dest, v in vars(parser.parse_args(argv, marked)).items() if v is not unset}
@@ -139,8 +137,8 @@ def arch_of(model):
 
 
 def load_teacher(path, teacher, data_name):
-    """Load a teacher checkpoint {model, args, arch, data, epoch, best_val}, or exit with a
-    clear message when it was saved for another architecture or other data."""
+    """Load a checkpoint {model, args, arch, data, epoch, ...} into `teacher`, or exit with a
+    clear message when it holds another architecture or was trained on other data."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a truncated or foreign file
@@ -204,8 +202,7 @@ class TeacherOutput(NamedTuple):
 
 
 def add_distill_args(p):
-    """The distillation flags both scripts share (and bench.py's loss weights); the methods
-    combine, none = Student_Full."""
+    """The distillation flags (bench.py's too); the methods combine, none = Student_Full."""
     p.add_argument("--lsp", action="store_true", help="local structure preserving, Eq. (7)")
     p.add_argument("--kd", action="store_true", help="Hinton KD (on PPI with per-label sigmoids)")
     p.add_argument("--at", action="store_true",
@@ -220,10 +217,10 @@ def add_distill_args(p):
     p.add_argument("--degree", type=int, default=2, help="polynomial kernel degree d")
     p.add_argument("--c", type=float, default=0.0, help="polynomial kernel offset c")
     p.add_argument("--kd-alpha", type=float, default=0.1, help="weight α of the KD term")
-    # NOTE: the paper gives KD's α = 0.1 but not T; here T = 4, Hinton's usual value.
+    # NOTE: the paper gives KD's α = 0.1 (ModelNet40) but not T; here T = 4, a usual value.
     p.add_argument("--kd-T", type=float, default=4.0, help="KD temperature T")
-    # NOTE: the paper gives no AT or FitNet weight; here AT 1000 (its attention maps are
-    # L2-normalised, so the MSE is tiny) and FitNet 1, because those balanced the task loss.
+    # NOTE: the paper gives no AT or FitNet weight; here AT 1000, because its attention maps
+    # are L2-normalised per graph or cloud, so its MSE is of order 1/N, and FitNet 1.
     p.add_argument("--at-weight", type=float, default=1000.0, help="weight of the AT term")
     p.add_argument("--fitnet-weight", type=float, default=1.0, help="weight of the FitNet term")
 
@@ -279,6 +276,11 @@ def total_loss(args, task_loss, terms):
     return loss
 
 
+def epoch_means(history):
+    """{name: mean over the steps} of an epoch's history [{"loss": float, term: float, ...}]."""
+    return {k: sum(step[k] for step in history) / len(history) for k in history[0]}
+
+
 # ----------------------------------------------------------------------------------------
 # Cost: inference time, and the seconds per iteration and peak memory of a training phase
 
@@ -310,9 +312,8 @@ def inference_ms(model, batches, repeats):
 
 
 def cost_of(model, batches, repeats, fit, per):
-    """The cost columns of Tables 2 and 4 for a trained model: parameters, inference ms per
-    sample (see inference_ms), and from its training, `fit` (train()'s dict or the teacher's
-    checkpoint): seconds per `per` ("iter" or "epoch"), peak memory and its measure."""
+    """The cost columns of Tables 2 and 4: parameters, inference_ms, and from `fit` (train()'s
+    dict or the teacher's checkpoint) seconds per `per` ("iter", "epoch") and peak memory."""
     return {"params": sum(p.numel() for p in model.parameters()),
             "runtime_ms": inference_ms(model, batches, repeats),
             f"train_s_per_{per}": fit.get(f"s_per_{per}"), "peak_mem_mb": fit.get("peak_mb"),
@@ -320,10 +321,9 @@ def cost_of(model, batches, repeats, fit, per):
 
 
 class Meter:
-    """Seconds per training iteration and the peak memory of one phase (a training run, or
-    one bench.py step), counted from the Meter's creation: a student's peak holds no
-    teacher's. `memory` names the measure, one of MEMORY (Linux CPU: "clear_refs", the peak
-    RSS reset to the current RSS through /proc/self/clear_refs)."""
+    """Seconds per training iteration and the peak memory of one phase (a training run, one
+    bench.py step) from the Meter's creation on, so a student's peak holds no teacher's.
+    `memory` names the measure (MEMORY); on a Linux CPU the peak RSS, reset at creation."""
 
     def __init__(self, device):
         self.device, self.seconds, self.iters = device, 0.0, 0
@@ -344,8 +344,14 @@ class Meter:
                 self.measure = "ru_maxrss"
         self.memory = MEMORY[self.measure]
 
-    def sync(self):
+    def start(self):  # a timed iteration begins, once the GPU has done what came before
         sync(self.device)
+        self.t0 = time.time()
+
+    def stop(self):  # ... and ends
+        sync(self.device)
+        self.seconds += time.time() - self.t0
+        self.iters += 1
 
     def s_per_iter(self):
         return self.seconds / max(self.iters, 1)
@@ -383,8 +389,8 @@ PAPER = {
 
 
 def paper_cells(exp, row):
-    """The paper's figures for `row` (None: none) as the scripts print them, e.g.
-    "3.64M 48.5ms 1.7s / 3.4G 97.6"; a "-" per column where the paper has no such row."""
+    """The paper's figures for `row` as printed, "3.64M 48.5ms 1.7s / 3.4G 97.6"; "- - - -"
+    where the paper has no such row (None)."""
     if row not in PAPER[exp]:
         return " ".join("-" * (len(next(iter(PAPER[exp].values()))) - 1))
     params, runtime, seconds, gb, *scores = PAPER[exp][row]

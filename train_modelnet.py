@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 import data
 import lsp_kd
-from experiment import (Meter, TEST_BATCH, TeacherOutput, add_distill_args, add_run_args,
-                        add_teacher_args, cost_of, distill_terms, inference_ms, kernel_label,
+from experiment import (TEST_BATCH, Meter, TeacherOutput, add_distill_args, add_run_args,
+                        add_teacher_args, cost_of, distill_terms, epoch_means, kernel_label,
                         load_or_train_teacher, open_run_log, paper_cells, pick_device,
                         save_results, set_seed, summarize, total_loss)
 from models import DGCNN, dgcnn_teacher, num_params
@@ -94,10 +94,10 @@ def teacher_output(teacher, pts, layer, with_logits, amp=False):
 def train_epoch(model, ds, args, opt, gen, device, teacher=None, regressor=None):
     """One pass of SGD over the training clouds (Eq. 7); returns {term: mean over steps}."""
     model.train()
-    sums, steps = {}, 0
-    for pts, labels in data.pointcloud_batches(ds["train_points"], ds["train_labels"],
-                                               args.batch_size, args.num_points,
-                                               train=True, generator=gen):
+    history = []
+    batches = data.pointcloud_batches(ds["train_points"], ds["train_labels"], args.batch_size,
+                                      args.num_points, train=True, generator=gen)
+    for pts, labels in itertools.islice(batches, 1 if args.dry_run else None):
         pts, labels = pts.to(device), labels.to(device)
         B, P, _ = pts.shape
         feats_s, logits = model(pts, return_feats=True)
@@ -111,19 +111,16 @@ def train_epoch(model, ds, args, opt, gen, device, teacher=None, regressor=None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        for k, v in {"loss": loss, **terms}.items():
-            sums[k] = sums.get(k, 0.0) + v.item()
-        steps += 1
-        if args.dry_run:
-            break
-    return {k: v / steps for k, v in sums.items()}
+        history.append({k: v.item() for k, v in {"loss": loss, **terms}.items()})
+    return epoch_means(history)
 
 
 def train(model, ds, args, device, log, teacher=None, epochs=None):
     """SGD with cosine annealing and label smoothing; returns {epoch, best_val, s_per_epoch,
     peak_mb, memory}: the last epoch, no validation (none in the release)."""
-    # NOTE: the paper gives SGD, lr 0.1, momentum 0.9, 250 epochs; the rest is DGCNN's code
-    # (cosine to 1e-3, weight decay 1e-4, label smoothing 0.2, batch 32), which it builds on.
+    # NOTE: the paper gives only SGD, lr 0.1, momentum 0.9 and 250 epochs; here the rest as
+    # DGCNN's code (cosine to 1e-3, weight decay 1e-4, label smoothing 0.2, batch 32),
+    # because the paper builds on DGCNN.
     epochs = epochs or args.epochs
     regressor = None
     if teacher is not None and args.fitnet:  # FitNet's learned regressor F_s -> F_t
@@ -136,12 +133,10 @@ def train(model, ds, args, device, log, teacher=None, epochs=None):
     meter = Meter(device)
     for epoch in range(epochs):
         t0 = time.time()
-        meter.sync()
+        meter.start()  # one "iteration" of the meter = one epoch here, as in Table 4
         means = train_epoch(model, ds, args, opt, gen, device, teacher, regressor)
         sched.step()
-        meter.sync()
-        meter.seconds += time.time() - t0
-        meter.iters += 1  # one "iteration" of the meter = one epoch here, as in Table 4
+        meter.stop()
         cols = " | ".join(f"{k} {v:.4f}" for k, v in means.items())
         log(f"epoch {epoch:03d} | {cols} | lr {sched.get_last_lr()[0]:.4f} | "
             f"{time.time() - t0:.1f}s")
@@ -220,21 +215,22 @@ def make_parser():
     p.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
     p.add_argument("--smoothing", type=float, default=0.2, help="label smoothing ε")
     # run
-    add_run_args(p, out_dir="runs/modelnet", dry_run="1 epoch of 1 batch each, few small synthetic clouds")
+    add_run_args(p, out_dir="runs/modelnet",
+                 dry_run="1 epoch of 1 batch each, few small synthetic clouds")
     return p
 
 
 def get_args(argv=None):
     p = make_parser()
     args = p.parse_args(argv)
-    if args.lsp_weight < 0:
-        p.error(f"--lsp-weight must be >= 0, got {args.lsp_weight}")
     if args.dry_run:
         args.epochs = args.teacher_epochs = 1
         args.batch_size = min(args.batch_size, 4)
         if args.data == "synthetic":
             args.train_per_class, args.test_per_class = 1, 1
             args.num_points = min(args.num_points, 128)
+    if args.lsp_weight < 0:
+        p.error(f"--lsp-weight must be >= 0, got {args.lsp_weight}")
     if not 0 < args.k_s < args.num_points:
         p.error(f"the student's k = {args.k_s} must be in [1, --num-points = {args.num_points})")
     return args
@@ -248,7 +244,8 @@ def load_data(args):
     if args.data == "synthetic":
         ds = data.synthetic_modelnet40(args.train_per_class, args.test_per_class,
                                        args.num_points, seed=args.data_seed)
-        data_name = f"synthetic-{args.train_per_class}x{args.test_per_class}-seed{args.data_seed}"
+        data_name = (f"synthetic-{args.train_per_class}x{args.test_per_class}"
+                     f"-seed{args.data_seed}")
     else:
         try:
             ds, data_name = data.load_modelnet40(args.data_dir, url=args.url), "modelnet40"
@@ -295,9 +292,9 @@ def train_student(args, ds, teacher, device, log):
 def report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit):
     """Test the student and the teacher, save results_<run>.json and args_<run>.json, and
     print a row in the columns of Table 4."""
-    # NOTE: the paper does not say which epoch it reports; the release has no validation
-    # split, so here the last epoch's test accuracy, as DGCNN, so that no test number picks
-    # an epoch.
+    # NOTE: the paper does not say which epoch it reports; here the last epoch's, as DGCNN,
+    # because the release has no validation split and the best test epoch would be chosen on
+    # the test set.
     acc, macc, ls_kl = evaluate(student, ds, args, device, teacher=teacher)
     t_acc, t_macc, _ = evaluate(teacher, ds, args, device)
     log(f"last epoch: test acc {acc:.4f}, mean class acc {macc:.4f} (over the classes present "
@@ -315,7 +312,8 @@ def report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit):
     log(f"{'Model':<26} {'Params':>7} {'RunTime':>9} {'Training (s/ep / mem)':>19} "
         f"{'Acc':>6} {'mAcc':>6}   | paper (real ModelNet40, 1080Ti)")
     if t["train_s_per_epoch"] is not None:
-        log(table_row("Teacher", t, t_acc, t_macc) + "   | " + paper_cells("modelnet", "teacher"))
+        log(table_row("Teacher", t, t_acc, t_macc) + "   | "
+            + paper_cells("modelnet", "teacher"))
     log(table_row(method, res, acc, macc) + "   | " + paper_cells("modelnet", paper_row(args)))
     log(f"mem = {fit['memory']}; Acc/mAcc = last epoch, test set; results in {results}")
 

@@ -12,6 +12,7 @@ Model selection on the validation graphs; the test micro-F1 reported is the one 
 best-validation epoch. Dimensions: N nodes, E edges, F features, C = 121 labels.
 """
 import argparse
+import itertools
 import sys
 import time
 
@@ -23,9 +24,9 @@ import torch.nn.functional as F
 import data
 import lsp_kd
 from experiment import (Meter, TeacherOutput, add_distill_args, add_run_args, add_teacher_args,
-                        cost_of, distill_terms, given_flags, kernel_kwargs, kernel_label,
-                        load_or_train_teacher, open_run_log, paper_cells, pick_device,
-                        save_results, set_seed, summarize, total_loss)
+                        cost_of, distill_terms, epoch_means, given_flags, kernel_kwargs,
+                        kernel_label, load_or_train_teacher, open_run_log, paper_cells,
+                        pick_device, save_results, set_seed, summarize, total_loss)
 from models import gat_student, gat_teacher, num_params
 
 # NOTE: the paper's LSP is Eq. (3)-(7) with RBF, λ = 100, in every epoch; the official code
@@ -104,11 +105,11 @@ def train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t=None, regressor=
     """One pass of Adam over the training graphs (Eq. 7); returns {term: mean over steps}."""
     device = meter.device
     model.train()
-    sums, steps = {}, 0
-    for idx, g in data.ppi_batches(ds["train"], args.batch_size, generator=gen):
+    history = []
+    batches = data.ppi_batches(ds["train"], args.batch_size, generator=gen)
+    for idx, g in itertools.islice(batches, 1 if args.dry_run else None):
         x, y, ei = g.x.to(device), g.y.to(device), g.edge_index.to(device)
-        meter.sync()
-        t_step = time.time()
+        meter.start()
         feats_s, logits = model(x, ei, return_feats=True)
         terms = {"bce": F.binary_cross_entropy_with_logits(logits, y)}
         if outs_t is not None:
@@ -122,20 +123,14 @@ def train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t=None, regressor=
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        meter.sync()
-        meter.seconds += time.time() - t_step
-        meter.iters += 1
-        for k, v in {"loss": loss, **terms}.items():
-            sums[k] = sums.get(k, 0.0) + v.item()
-        steps += 1
-        if args.dry_run:
-            break
-    return {k: v / steps for k, v in sums.items()}
+        meter.stop()
+        history.append({k: v.item() for k, v in {"loss": loss, **terms}.items()})
+    return epoch_means(history)
 
 
 def train(model, ds, args, device, log, outs_t=None, epochs=None):
     """Train `model` (the teacher, or with the teacher's outputs outs_t the student); returns
-    {best_val, epoch, s_per_iter, peak_mb, meter}, the model left holding the weights of its
+    {best_val, epoch, s_per_iter, peak_mb, memory}, the model left holding the weights of its
     best-validation epoch."""
     regressor = None
     if outs_t is not None and args.fitnet:  # FitNet's learned regressor F_s -> F_t
@@ -150,8 +145,9 @@ def train(model, ds, args, device, log, outs_t=None, epochs=None):
     for epoch in range(epochs or args.epochs):
         t0 = time.time()
         means = train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t, regressor)
-        # NOTE: the official code keeps its teacher's last epoch; here every model is
-        # selected on the validation graphs, so that no test number picks a checkpoint.
+        # NOTE: the paper does not say which epoch it reports (the official code keeps its
+        # teacher's last); here each model's best-validation epoch, because then no test
+        # number picks a checkpoint.
         val = evaluate(model, ds["valid"], device)
         if val > best_val:
             best_val, best_epoch = val, epoch
@@ -225,9 +221,9 @@ def make_parser():
 
 def get_args(argv=None):
     p = make_parser()
-    args = p.parse_args(argv)
+    args, given = p.parse_args(argv), given_flags(p, argv)
     if args.official:
-        clash = [f"--{k.replace('_', '-')}" for k in OFFICIAL if k in given_flags(p, argv)]
+        clash = [f"--{k.replace('_', '-')}" for k in OFFICIAL if k in given]
         if clash:
             p.error(f"--official cannot be combined with {', '.join(clash)}: it sets them to "
                     "the official code's values")
