@@ -170,9 +170,9 @@ def add_teacher_args(p, name, epochs, seed):
 
 def load_or_train_teacher(teacher, args, data_name, name, train_teacher, describe, log):
     """Load the teacher from --teacher-ckpt (else checkpoints/<name>.pt, or a throw-away file
-    in --out-dir for a dry run); when it is missing, seed with --teacher-seed, run
-    train_teacher() -> {epoch, best_val, ...} and save {model, args, arch, data, ...}
-    atomically. Returns the checkpoint; the teacher is left frozen (eval, no gradients)."""
+    in --out-dir for a dry run); when it is missing, run train_teacher() -> {epoch, best_val,
+    ...} and save {model, args, arch, data, ...} atomically. Returns the checkpoint; the
+    teacher is left frozen (eval, no gradients)."""
     path = args.teacher_ckpt or (os.path.join(args.out_dir, "teacher_dry_run.pt") if args.dry_run
                                  else os.path.join("checkpoints", f"{name}.pt"))
     if os.path.exists(path):
@@ -180,7 +180,6 @@ def load_or_train_teacher(teacher, args, data_name, name, train_teacher, describ
         log(f"teacher loaded from {path} ({describe(ckpt)})")
     else:
         log(f"no teacher at {path}: training it ({args.teacher_epochs} epochs)")
-        set_seed(args.teacher_seed)
         fit = train_teacher()
         ckpt = {"model": teacher.state_dict(), "args": vars(args), "arch": arch_of(teacher),
                 "data": data_name, **fit}

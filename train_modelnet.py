@@ -115,13 +115,12 @@ def train_epoch(model, ds, args, opt, gen, device, teacher=None, regressor=None)
     return epoch_means(history)
 
 
-def train(model, ds, args, device, log, teacher=None, epochs=None):
-    """SGD with cosine annealing and label smoothing; returns {epoch, best_val, s_per_epoch,
-    peak_mb, memory}: the last epoch, no validation (none in the release)."""
+def train(model, ds, args, device, log, epochs, seed, teacher=None):
+    """SGD with cosine annealing and label smoothing for `epochs`, the batches drawn from
+    `seed`; returns {epoch, best_val, s_per_epoch, peak_mb, memory} of the last epoch."""
     # NOTE: the paper gives only SGD, lr 0.1, momentum 0.9 and 250 epochs; here the rest as
     # DGCNN's code (cosine to 1e-3, weight decay 1e-4, label smoothing 0.2, batch 32),
     # because the paper builds on DGCNN.
-    epochs = epochs or args.epochs
     regressor = None
     if teacher is not None and args.fitnet:  # FitNet's learned regressor F_s -> F_t
         regressor = nn.Linear(model.convs[args.lsp_layer].fc.out_features,
@@ -129,7 +128,7 @@ def train(model, ds, args, device, log, teacher=None, epochs=None):
     params = list(model.parameters()) + (list(regressor.parameters()) if regressor else [])
     opt = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs, eta_min=args.lr_min)
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(seed)
     meter = Meter(device)
     for epoch in range(epochs):
         t0 = time.time()
@@ -223,6 +222,8 @@ def make_parser():
 def get_args(argv=None):
     p = make_parser()
     args = p.parse_args(argv)
+    if min(args.epochs, args.teacher_epochs) < 1:
+        p.error("--epochs and --teacher-epochs must be >= 1")
     if args.dry_run:
         args.epochs = args.teacher_epochs = 1
         args.batch_size = min(args.batch_size, 4)
@@ -260,6 +261,7 @@ def load_data(args):
 
 def get_teacher(args, ds, data_name, device, log):
     """The paper's DGCNN teacher: loaded from its checkpoint, or trained and saved; frozen."""
+    set_seed(args.teacher_seed)  # its initialisation, should it be trained here
     teacher = dgcnn_teacher(num_classes=len(ds["class_names"])).to(device)
     if not 0 < teacher.k < args.num_points:
         sys.exit(f"error: the teacher's k = {teacher.k} must be in [1, --num-points = "
@@ -267,7 +269,7 @@ def get_teacher(args, ds, data_name, device, log):
     return teacher, load_or_train_teacher(
         teacher, args, data_name, f"modelnet_teacher_{data_name}",
         lambda: train(teacher, ds, args, device, lambda m: log("teacher " + m),
-                      epochs=args.teacher_epochs),
+                      args.teacher_epochs, args.teacher_seed),
         lambda c: f"{c['epoch'] + 1} epochs", log)
 
 
@@ -286,7 +288,8 @@ def train_student(args, ds, teacher, device, log):
         f"{num_params(student):,} params (k={args.k_s}, EdgeConv "
         f"{[c.fc.out_features for c in student.convs]})")
     distill = args.lsp or args.kd or args.at or args.fitnet
-    return student, train(student, ds, args, device, log, teacher if distill else None)
+    return student, train(student, ds, args, device, log, args.epochs, args.seed,
+                          teacher if distill else None)
 
 
 def report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit):

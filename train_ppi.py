@@ -128,8 +128,9 @@ def train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t=None, regressor=
     return epoch_means(history)
 
 
-def train(model, ds, args, device, log, outs_t=None, epochs=None):
-    """Train `model` (the teacher, or with the teacher's outputs outs_t the student); returns
+def train(model, ds, args, device, log, epochs, seed, outs_t=None):
+    """Train `model` (the teacher, or with the teacher's outputs outs_t the student) for
+    `epochs`, the batch order drawn from `seed`; returns
     {best_val, epoch, s_per_iter, peak_mb, memory}, the model left holding the weights of its
     best-validation epoch."""
     regressor = None
@@ -139,10 +140,10 @@ def train(model, ds, args, device, log, outs_t=None, epochs=None):
         regressor = nn.Linear(width_s, outs_t[0].feat.size(1)).to(device)
     params = list(model.parameters()) + (list(regressor.parameters()) if regressor else [])
     opt = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(seed)
     meter = Meter(device)
     best_val, best_epoch, best_state = -1.0, -1, None
-    for epoch in range(epochs or args.epochs):
+    for epoch in range(epochs):
         t0 = time.time()
         means = train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t, regressor)
         # NOTE: the paper does not say which epoch it reports (the official code keeps its
@@ -231,8 +232,8 @@ def get_args(argv=None):
         vars(args).update(OFFICIAL)
     if args.lsp_weight < 0:
         p.error(f"--lsp-weight must be >= 0, got {args.lsp_weight}")
-    if args.scale <= 0:
-        p.error(f"--scale must be > 0, got {args.scale}")
+    if args.scale <= 0 or min(args.epochs, args.teacher_epochs) < 1:
+        p.error(f"need --scale > 0 (got {args.scale}) and at least 1 epoch")
     if args.dry_run:
         args.epochs = args.teacher_epochs = 1
         if args.data == "synthetic":
@@ -256,11 +257,12 @@ def load_data(args):
 
 def get_teacher(args, ds, data_name, device, log):
     """The teacher of Table 1: loaded from its checkpoint, or trained and saved; frozen."""
+    set_seed(args.teacher_seed)  # its initialisation, should it be trained here
     teacher = gat_teacher().to(device)
     ckpt = load_or_train_teacher(
         teacher, args, data_name, f"ppi_teacher_{data_name}",
         lambda: train(teacher, ds, args, device, lambda m: log("teacher " + m),
-                      epochs=args.teacher_epochs),
+                      args.teacher_epochs, args.teacher_seed),
         lambda c: f"best val f1 {c['best_val']:.4f} at epoch {c['epoch']}", log)
     if not -len(teacher.layers) < args.lsp_layer_t < len(teacher.layers) - 1:
         sys.exit(f"error: --lsp-layer-t {args.lsp_layer_t} is not a hidden layer of the "
@@ -278,7 +280,8 @@ def train_student(args, ds, teacher, outs_t, device, log):
     log(f"{method_name(args)}: teacher {num_params(teacher):,} params, "
         f"student {num_params(student):,}")
     distill = args.lsp or args.kd or args.at or args.fitnet
-    return student, train(student, ds, args, device, log, outs_t if distill else None)
+    return student, train(student, ds, args, device, log, args.epochs, args.seed,
+                          outs_t if distill else None)
 
 
 def report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit, outs_test):

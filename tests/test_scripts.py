@@ -70,6 +70,7 @@ def test_ppi_offline_error_is_clear(tmp_path):
     (["--kernel", "gaussian"], "invalid choice"),
     (["--lsp-weight", "-1"], "--lsp-weight must be >= 0"),
     (["--lsp-layer-s", "7"], "not a hidden layer"),
+    (["--teacher-epochs", "0"], "at least 1 epoch"),
 ])
 def test_ppi_bad_input(tmp_path, flags, message):
     p = run("train_ppi.py", "--data", "synthetic", "--dry-run", "--out-dir", str(tmp_path),
@@ -95,6 +96,19 @@ def test_ppi_teacher_of_another_architecture(tmp_path):
             "--out-dir", str(tmp_path))
     assert p.returncode != 0 and "another architecture" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("script", ["train_ppi.py", "train_modelnet.py"])
+def test_teacher_seed_decides_the_teacher(tmp_path, script):
+    """--teacher-seed seeds the teacher's initialisation and batch order: two runs that train
+    a teacher train the same one."""
+    teachers = []
+    for name in ("a", "b"):
+        p = run(script, "--data", "synthetic", "--dry-run", "--out-dir", str(tmp_path / name))
+        assert p.returncode == 0, p.stderr
+        teachers.append(torch.load(tmp_path / name / "teacher_dry_run.pt", weights_only=False))
+    for k, v in teachers[0]["model"].items():
+        torch.testing.assert_close(v, teachers[1]["model"][k], rtol=1e-4, atol=1e-5)
 
 
 def test_micro_f1_hand_computed():
@@ -130,6 +144,7 @@ def test_modelnet_dry_run(tmp_path, flags):
     (["--num-points", "16"], "must be in"),
     (["--k-s", "0"], "must be in"),
     (["--lsp-layer", "9"], "not an EdgeConv layer"),
+    (["--epochs", "0"], "must be >= 1"),
 ])
 def test_modelnet_bad_input(tmp_path, flags, message):
     p = run("train_modelnet.py", "--data", "synthetic", "--dry-run", "--out-dir",
