@@ -42,7 +42,7 @@ import torch.nn.functional as F
 import experiment
 import lsp_kd
 import models
-from experiment import TEST_BATCH, TeacherOutput, sync
+from experiment import TEST_BATCH, TeacherOutput, parser_for, sync
 
 METHODS = ["teacher", "student", "kd", "at", "fitnet"] + [f"lsp_{k}" for k in lsp_kd.KERNELS]
 AVG_DEGREE = 14                        # PPI's average degree (Sec. 4.1)
@@ -376,8 +376,7 @@ def print_table(exp, rows, info, measure):
 
 
 def make_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = parser_for(__doc__)
     p.add_argument("--only", choices=["ppi", "modelnet", "knn"], default=None,
                    help="run one experiment; None: all three")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",

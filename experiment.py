@@ -80,6 +80,12 @@ def open_run_log(args, run):
     return log
 
 
+def parser_for(doc):
+    """An argument parser whose --help shows every flag's default, described by doc's 1st line."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
 def add_run_args(p, out_dir, dry_run):
     """The run's flags, shared by both scripts: seed, device, output folder, smoke test."""
     p.add_argument("--seed", type=int, default=0, help="student seed")
@@ -281,7 +287,7 @@ def epoch_means(history):
 
 
 # ----------------------------------------------------------------------------------------
-# Cost: inference time, and the seconds per iteration and peak memory of a training phase
+# Cost: inference time; seconds per iteration and peak memory of a training phase
 
 MEMORY = {"cuda": "CUDA allocator peak",
           "clear_refs": "peak RSS of the training phase (Linux VmHWM, reset at its start)",
@@ -294,9 +300,10 @@ def status_mb(key):  # a line of /proc/self/status (VmRSS, VmHWM), in MiB
 
 
 @torch.no_grad()
-def inference_ms(model, batches, repeats):
-    """Median milliseconds per sample of one forward, model(*inputs), over the batches
-    [(inputs, samples in them)], each timed `repeats` times after a warm-up forward."""
+def cost_of(model, batches, repeats, fit, per):
+    """The cost columns of Tables 2 and 4: parameters; RunTime, the median ms per sample of a
+    forward model(*inputs) over batches [(inputs, samples)], each timed `repeats` times after
+    a warm-up; from `fit` (train()'s dict, a teacher checkpoint) s per `per` and memory."""
     model.eval()
     times = []
     for inputs, samples in batches:
@@ -307,16 +314,9 @@ def inference_ms(model, batches, repeats):
             model(*inputs)
             sync(inputs[0].device)
             times.append(1000 * (time.time() - t0) / samples)
-    return float(np.median(times))
-
-
-def cost_of(model, batches, repeats, fit, per):
-    """The cost columns of Tables 2 and 4: parameters, inference_ms, and from `fit` (train()'s
-    dict or the teacher's checkpoint) seconds per `per` ("iter", "epoch") and peak memory."""
     return {"params": sum(p.numel() for p in model.parameters()),
-            "runtime_ms": inference_ms(model, batches, repeats),
-            f"train_s_per_{per}": fit.get(f"s_per_{per}"), "peak_mem_mb": fit.get("peak_mb"),
-            "memory": fit.get("memory")}
+            "runtime_ms": float(np.median(times)), f"train_s_per_{per}": fit.get(f"s_per_{per}"),
+            "peak_mem_mb": fit.get("peak_mb"), "memory": fit.get("memory")}
 
 
 class Meter:

@@ -11,7 +11,6 @@ then the student:
 As DGCNN, no validation split exists: accuracies are those of the last epoch.
 Dimensions: B clouds, P points, F features, k neighbours, C = 40 classes.
 """
-import argparse
 import itertools
 import sys
 import time
@@ -25,8 +24,8 @@ import data
 import lsp_kd
 from experiment import (TEST_BATCH, Meter, TeacherOutput, add_distill_args, add_run_args,
                         add_teacher_args, cost_of, distill_terms, epoch_means, kernel_label,
-                        load_or_train_teacher, open_run_log, paper_cells, pick_device,
-                        save_results, set_seed, summarize, total_loss)
+                        load_or_train_teacher, open_run_log, paper_cells, parser_for,
+                        pick_device, save_results, set_seed, summarize, total_loss)
 from models import DGCNN, dgcnn_teacher, num_params
 
 # Student variants: the paper's student and the three of Table 6.
@@ -59,8 +58,9 @@ def evaluate(model, ds, args, device, teacher=None):
     (Eq. 5-6, RBF σ = 1) between the two models on the union of their kNN graphs."""
     model.eval()
     preds, kls = [], []
-    for pts, _ in data.pointcloud_batches(ds["test_points"], ds["test_labels"], TEST_BATCH,
-                                          args.num_points, train=False):
+    batches = data.pointcloud_batches(ds["test_points"], ds["test_labels"], TEST_BATCH,
+                                      args.num_points, train=False)
+    for pts, _ in itertools.islice(batches, 1 if args.dry_run else None):
         pts = pts.to(device)
         feats_s, logits = model(pts, return_feats=True)
         preds.append(logits.argmax(-1).cpu())
@@ -69,8 +69,6 @@ def evaluate(model, ds, args, device, teacher=None):
             (f_s, ei_s), (f_t, ei_t) = feats_s[args.lsp_layer], feats_t[args.lsp_layer]
             union = lsp_kd.union_graph(ei_s, ei_t, f_s.size(0))      # (2, E_u)
             kls.append(lsp_kd.lsp_loss_fast(f_s, f_t, union, kernel="rbf").item())
-        if args.dry_run:
-            break
     labels = torch.as_tensor(ds["test_labels"])[:sum(len(p) for p in preds)]
     acc, macc = accuracy(torch.cat(preds), labels, len(ds["class_names"]))
     return acc, macc, (float(np.mean(kls)) if kls else None)
@@ -81,9 +79,9 @@ def evaluate(model, ds, args, device, teacher=None):
 
 @torch.no_grad()
 def teacher_output(teacher, pts, layer, with_logits, amp=False):
-    """The frozen teacher on clouds pts (B, P, 3): a TeacherOutput of its EdgeConv `layer`
-    (B*P, F_t), that layer's kNN graph (2, B*P*k) and, with_logits (KD), its logits (B, C);
-    without logits only its EdgeConvs run. amp: under autocast, results back in float32."""
+    """The frozen teacher on clouds pts (B, P, 3) -> TeacherOutput: its EdgeConv `layer`
+    (B*P, F_t), that layer's kNN graph (2, B*P*k), with_logits its logits (B, C) for KD
+    (else only its EdgeConvs run); amp: under autocast, the outputs back in float32."""
     with torch.autocast(pts.device.type, enabled=amp):
         feats_t, logits_t = (teacher(pts, return_feats=True) if with_logits
                              else (teacher.edge_features(pts), None))
@@ -174,8 +172,7 @@ def int_list(text):
 
 
 def make_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = parser_for(__doc__)
     # data
     p.add_argument("--data", choices=["modelnet40", "synthetic"], default="modelnet40",
                    help="the real modelnet40_ply_hdf5_2048 release, or generated clouds")
@@ -183,10 +180,8 @@ def make_parser():
                    help="where the release's files are (or go)")
     p.add_argument("--url", default=data.MODELNET_URL, help="where to download the release")
     p.add_argument("--num-points", type=int, default=1024, help="first P points of each cloud")
-    p.add_argument("--train-per-class", type=int, default=20,
-                   help="synthetic only: training clouds per class")
-    p.add_argument("--test-per-class", type=int, default=5,
-                   help="synthetic only: test clouds per class")
+    p.add_argument("--train-per-class", type=int, default=20, help="synthetic only: clouds")
+    p.add_argument("--test-per-class", type=int, default=5, help="synthetic only: clouds")
     p.add_argument("--data-seed", type=int, default=0, help="synthetic only: generator seed")
     # teacher
     add_teacher_args(p, "modelnet_teacher", epochs=250, seed=1)
@@ -197,8 +192,7 @@ def make_parser():
                    help="the paper's student or a Table 6 variant")
     p.add_argument("--channels-s", type=int_list, default=None,
                    help="EdgeConv widths, e.g. 32,32,64,128; None: the variant's")
-    p.add_argument("--mlp-s", type=int_list, default=None,
-                   help="MLP widths, e.g. 256; None: the variant's")
+    p.add_argument("--mlp-s", type=int_list, default=None, help="MLP widths; None: the variant's")
     p.add_argument("--k-s", type=int, default=10, help="student's k of the kNN graph")
     # distillation
     add_distill_args(p)  # LSP is taken over the union graph of Sec. 3.5

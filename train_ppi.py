@@ -11,7 +11,6 @@ One command runs the whole experiment: if no teacher checkpoint exists it trains
 Model selection on the validation graphs; the test micro-F1 reported is the one at the
 best-validation epoch. Dimensions: N nodes, E edges, F features, C = 121 labels.
 """
-import argparse
 import itertools
 import sys
 import time
@@ -26,7 +25,8 @@ import lsp_kd
 from experiment import (Meter, TeacherOutput, add_distill_args, add_run_args, add_teacher_args,
                         cost_of, distill_terms, epoch_means, given_flags, kernel_kwargs,
                         kernel_label, load_or_train_teacher, open_run_log, paper_cells,
-                        pick_device, save_results, set_seed, summarize, total_loss)
+                        parser_for, pick_device, save_results, set_seed, summarize,
+                        total_loss)
 from models import gat_student, gat_teacher, num_params
 
 # NOTE: the paper's LSP is Eq. (3)-(7) with RBF, λ = 100, in every epoch; the official code
@@ -186,8 +186,7 @@ def table_row(model, cost, f1):
 
 
 def make_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = parser_for(__doc__)
     # data
     p.add_argument("--data", choices=["ppi", "synthetic"], default="ppi",
                    help="the real PPI release, or a generated stand-in of the same shape")
