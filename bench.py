@@ -24,8 +24,6 @@ Dimensions: N nodes, E edges, F features, B clouds, P points, k neighbours.
     python bench.py --quick --threads 1      # reduced sizes, about 30 s on 2 CPU cores
 """
 import argparse
-import ctypes
-import gc
 import json
 import os
 import platform
@@ -41,20 +39,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import experiment
 import lsp_kd
 import models
+from experiment import TEST_BATCH, TeacherOutput, parser_for, sync
 
-# loss weights: the defaults of train_ppi.py and train_modelnet.py
-KD_ALPHA, KD_T, AT_WEIGHT, FITNET_WEIGHT, LSP_WEIGHT = 0.1, 4.0, 1000.0, 1.0, 100.0
 METHODS = ["teacher", "student", "kd", "at", "fitnet"] + [f"lsp_{k}" for k in lsp_kd.KERNELS]
-# the paper: (params, runtime per sample, training time, GB); PPI s/iter, ModelNet40 s/epoch
-PAPER = {"ppi": {"teacher": ("3.64M", "48.5ms", 1.7, 3.4),
-                 "student": ("0.16M", "41.3ms", 1.3, 1.2), "at": ("", "", 1.9, 1.4),
-                 "fitnet": ("", "", 2.4, 1.6), "lsp_rbf": ("", "", 2.0, 1.5)},
-         "modelnet": {"teacher": ("1.81M", "8.72ms", 30, 4.2),
-                      "student": ("0.1M", "3.31ms", 12, 1.4), "kd": ("", "", 15, 1.4),
-                      "at": ("", "", 21, 1.7), "fitnet": ("", "", 28, 2.4),
-                      "lsp_rbf": ("", "", 29, 2.2)}}
+AVG_DEGREE = 14                        # PPI's average degree (Sec. 4.1)
+TEACHER_K = models.dgcnn_teacher().k   # 20: the teacher's kNN size, which the knn rows time
+FULL_SIZES = {"ppi_nodes": 2372, "clouds": 32, "points": 1024}  # the paper's: Sec. 4.1, 4.2
 MEASURES = {
     "cuda": "state + CUDA allocator peak growth over one iteration after warm-up "
             "(max_memory_allocated - memory_allocated before it)",
@@ -70,51 +63,17 @@ TENSORS = ("tensors = peak bytes of live tensors over one iteration (torch.profi
 # ----------------------------------------------------------------------------------------
 # Measuring
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def memory_measure(device):
-    if device.type == "cuda":
-        return "cuda"
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return "clear_refs"
-    except OSError:
-        return "ru_maxrss"
-
-
-def status_bytes(key):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) * 1024
-
-
 def tensor_mb(tensors):
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
 def peak_probe(device, measure):
-    """Free what is unused and reset the peak; returns a function giving the peak's growth
-    since then, in MiB (ru_maxrss: the process's whole peak)."""
-    gc.collect()
-    sync(device)
-    if measure == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        return lambda: (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    if measure == "clear_refs":
-        try:  # glibc keeps freed pages resident: hand them back so the baseline is the live set
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        base = status_bytes("VmRSS")
-        return lambda: (status_bytes("VmHWM") - base) / 2**20
-    import resource
-    return lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Free what is unused and reset the peak (experiment.Meter); returns a function giving
+    the peak's growth since then, in MiB (ru_maxrss: the process's whole peak)."""
+    meter = experiment.Meter(device)
+    base = {"cuda": lambda: torch.cuda.memory_allocated(device) / 2**20,
+            "clear_refs": lambda: experiment.status_mb("VmRSS")}.get(measure, lambda: 0.0)()
+    return lambda: meter.peak_mb() - base
 
 
 def tensor_peak_mb(step, device):
@@ -172,27 +131,13 @@ def run_rows(makers, args, device, measure):
 # ----------------------------------------------------------------------------------------
 # The rows
 
-def distill_loss(method, task_loss, out_s, out_t, regressor, batch, multilabel):
-    """Task loss combined with the method's term, as in the training scripts.
-    out_s, out_t: (feature (N, F), logits, edge_index (2, E)) of student and teacher; on
-    PPI out_t also holds the teacher's cached log LS^t per kernel."""
-    (f_s, logits_s, ei_s), (f_t, logits_t, ei_t) = out_s, out_t[:3]
-    if method in ("teacher", "student"):
-        return task_loss
-    if method == "kd":
-        kd = lsp_kd.kd_loss(logits_s, logits_t, T=KD_T, multilabel=multilabel)
-        return (1 - KD_ALPHA) * task_loss + KD_ALPHA * kd
-    if method == "at":
-        return task_loss + AT_WEIGHT * lsp_kd.at_loss(f_s, f_t, batch)
-    if method == "fitnet":
-        return task_loss + FITNET_WEIGHT * lsp_kd.fitnet_loss(f_s, f_t, regressor)
-    kernel = method[4:]
-    if ei_s is ei_t:  # PPI: fixed graph, the teacher's log LS^t cached once, as train_ppi.py
-        log_ls_s = lsp_kd.log_local_structure(f_s, ei_s, kernel)          # (E,)
-        return task_loss + LSP_WEIGHT * lsp_kd.local_structure_kl(
-            log_ls_s, out_t[3][kernel], ei_s, f_s.size(0))
-    edges = lsp_kd.union_graph(ei_s, ei_t, f_s.size(0))                    # E^u, Sec. 3.5
-    return task_loss + LSP_WEIGHT * lsp_kd.lsp_loss(f_s, f_t, edges, kernel=kernel)
+def distill_args(method):
+    """The scripts' distillation flags for one row ("kd", "lsp_rbf", ...), at their defaults."""
+    p = argparse.ArgumentParser()
+    experiment.add_distill_args(p)
+    if method.startswith("lsp_"):
+        return p.parse_args(["--lsp", "--kernel", method[4:]])
+    return p.parse_args([f"--{method}"] if method in ("kd", "at", "fitnet") else [])
 
 
 def run_experiment(build, make_opt, loss_for, widths, infer, args, device, measure):
@@ -236,6 +181,8 @@ def run_experiment(build, make_opt, loss_for, widths, infer, args, device, measu
     return rows
 
 
+# NOTE: the paper times its runs on the real data; here on random inputs of the real sizes,
+# because a step's time and memory depend on the sizes (and the degrees), not on the values.
 def ppi_graph(n, avg_degree, gen):
     """Random graph with heavy-tailed degrees (Chung-Lu): node weights θ = U^(-1/2) ~ Pareto(2)
     (>= 1, capped at n/10), both ends of each undirected edge drawn ∝ θ, self-loops and
@@ -253,29 +200,33 @@ def ppi_graph(n, avg_degree, gen):
 def bench_ppi(args, device, measure):
     gen = torch.Generator().manual_seed(0)
     n = args.ppi_nodes
-    ei0 = ppi_graph(n, 14, gen).to(device)                          # (2, E0) graph 0
-    ei = torch.cat([ei0, ppi_graph(n, 14, gen).to(device) + n], 1)  # (2, E) batch of 2
+    ei0 = ppi_graph(n, AVG_DEGREE, gen).to(device)                          # (2, E0) graph 0
+    ei = torch.cat([ei0, ppi_graph(n, AVG_DEGREE, gen).to(device) + n], 1)  # (2, E) batch of 2
     x = torch.randn(2 * n, 50, generator=gen).to(device)            # (N, 50)
     y = (torch.rand(2 * n, 121, generator=gen) < 0.3).float().to(device)  # (N, 121)
     batch = torch.arange(2, device=device).repeat_interleave(n)     # (N,) graph id
     with torch.no_grad():  # the frozen teacher, once (train_ppi.py's cache)
         feats_t, logits_t = models.gat_teacher().to(device).eval()(x, ei, return_feats=True)
         log_ls_t = {k: lsp_kd.log_local_structure(feats_t[-1], ei, k) for k in lsp_kd.KERNELS}
-    out_t = (feats_t[-1], logits_t, ei, log_ls_t)                    # (N, 1024), (N, 121)
 
     def build(method):
         return (models.gat_teacher() if method == "teacher" else models.gat_student()).to(device)
 
     def loss_for(method):
+        d_args = distill_args(method)
+        out_t = TeacherOutput(feats_t[-1], logits_t,                  # (N, 1024), (N, 121)
+                              log_ls=log_ls_t[d_args.kernel] if d_args.lsp else None)
+
         def loss(model, regressor):
             feats, logits = model(x, ei, return_feats=True)
             bce = F.binary_cross_entropy_with_logits(logits, y)
-            return distill_loss(method, bce, (feats[-1], logits, ei), out_t, regressor, batch,
-                                multilabel=True)
+            terms = experiment.distill_terms(d_args, feats[-1], logits, ei, out_t, batch,
+                                             regressor, multilabel=True)
+            return experiment.total_loss(d_args, bce, terms)
         return loss
 
     hidden = models.gat_student().layers[-2]
-    widths = (hidden.heads * hidden.out_dim, out_t[0].size(1))      # FitNet: 136 -> 1024
+    widths = (hidden.heads * hidden.out_dim, feats_t[-1].size(1))   # FitNet: 136 -> 1024
     adam = partial(torch.optim.Adam, lr=0.005)
     rows = run_experiment(build, adam, loss_for, widths, ((x[:n], ei0), 1), args, device,
                           measure)
@@ -295,25 +246,26 @@ def bench_modelnet(args, device, measure):
         return model.to(device)
 
     def loss_for(method):
+        d_args = distill_args(method)
+
         def loss(model, regressor):
             feats_s, logits = model(pts, return_feats=True)
             ce = F.cross_entropy(logits, labels, label_smoothing=0.2)
             if method in ("teacher", "student"):
                 return ce
             with torch.no_grad():  # the frozen teacher, every iteration; as train_modelnet.py,
-                if method == "kd":  # only KD needs its logits
-                    feats_t, logits_t = teacher(pts, return_feats=True)
-                else:
-                    feats_t, logits_t = teacher.edge_features(pts), None
+                feats_t, logits_t = (teacher(pts, return_feats=True) if d_args.kd  # only KD
+                                     else (teacher.edge_features(pts), None))  # needs logits
             (f_s, ei_s), (f_t, ei_t) = feats_s[-1], feats_t[-1]      # last EdgeConv of each
-            return distill_loss(method, ce, (f_s, logits, ei_s), (f_t, logits_t, ei_t),
-                                regressor, cloud, multilabel=False)
+            terms = experiment.distill_terms(d_args, f_s, logits, ei_s,
+                                             TeacherOutput(f_t, logits_t, ei_t), cloud, regressor)
+            return experiment.total_loss(d_args, ce, terms)
         return loss
 
     widths = (models.dgcnn_student().convs[-1].fc.out_features,
               teacher.convs[-1].fc.out_features)                      # FitNet: 128 -> 256
     sgd = partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-4)
-    test = pts[:16]                                                   # (16, P, 3)
+    test = pts[:TEST_BATCH]                                           # (TEST_BATCH, P, 3)
     rows = run_experiment(build, sgd, loss_for, widths, ((test,), len(test)), args, device,
                           measure)
     return rows, f"{B} clouds x {P} points; inference: a batch of {len(test)}, per cloud"
@@ -332,7 +284,7 @@ def dense_knn(x, k):
 
 def bench_knn(args, device, measure):
     gen = torch.Generator().manual_seed(0)
-    B, P, k = args.clouds, args.points, 20
+    B, P, k = args.clouds, args.points, TEACHER_K
     makers = {}
     for F_ in (3, 64):
         x = torch.randn(B, P, F_, generator=gen).to(device)          # (B, P, F)
@@ -355,7 +307,7 @@ def compare_pyg(args, device, measure):
         return {"skipped": "torch_geometric is not installed"}
     gen = torch.Generator().manual_seed(0)
     N = 2 * args.ppi_nodes
-    ei = ppi_graph(N, 14, gen).to(device)
+    ei = ppi_graph(N, AVG_DEGREE, gen).to(device)
     out = {"version": torch_geometric.__version__, "rows": []}
     for in_dim, out_dim, heads in ((50, 256, 4), (136, 68, 2)):  # teacher / student layers
         ours = models.GATConv(in_dim, out_dim, heads).to(device)
@@ -402,16 +354,20 @@ def print_table(exp, rows, info, measure):
     print(f"{'Model':<23} {'Params':>7} {'ms/sample':>9} {'s/iter':>8} {'MiB':>8} {'x time':>6} "
           f"{'x mem':>6}" + (f" {'tensors':>8} {'x tens':>6}" if tens else "")
           + f" | paper: Params RunTime {unit}/GB x time x mem")
-    s, ps = rows["student"], PAPER[exp]["student"]
+    s, ps = rows["student"], experiment.PAPER[exp]["student"]
     for m in METHODS:
-        r, p = rows[m], PAPER[exp].get(m)
+        r, p = rows[m], experiment.PAPER[exp].get(m)
         r["time_ratio"], r["mem_ratio"] = r["seconds"] / s["seconds"], r["peak_mb"] / s["peak_mb"]
         if tens:
             r["tensor_ratio"] = r["tensor_mb"] / s["tensor_mb"]
         inf = rows.get(f"{m} inference")
         run = f"{1e3 * inf['seconds']:.2f}" if inf else "-"
-        paper = (f"{p[0]:>5} {p[1]:>6} {p[2]:>5g}/{p[3]:<4g} {p[2] / ps[2]:>5.2f} "
-                 f"{p[3] / ps[3]:>5.2f}" if p else "-")
+        paper = "-"
+        if p and p[2] != "-":  # ratios to the paper's student; Params, RunTime on 2 rows only
+            params, runtime = p[:2] if m in ("teacher", "student") else ("", "")
+            sec, gb = float(p[2]), float(p[3])
+            paper = (f"{params:>5} {runtime:>6} {sec:>5g}/{gb:<4g} {sec / float(ps[2]):>5.2f} "
+                     f"{gb / float(ps[3]):>5.2f}")
         print(f"{m if m in ('teacher', 'student') else 'student+' + m:<23} "
               f"{r['params'] / 1e6:>6.3f}M {run:>9} {r['seconds']:>8.3f} {r['peak_mb']:>8.1f} "
               f"{r['time_ratio']:>6.2f} {r['mem_ratio']:>6.2f}"
@@ -419,50 +375,55 @@ def print_table(exp, rows, info, measure):
               + f" | {paper}")
 
 
-def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def make_parser():
+    p = parser_for(__doc__)
     p.add_argument("--only", choices=["ppi", "modelnet", "knn"], default=None,
-                   help="run one experiment (default: all three)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+                   help="run one experiment; None: all three")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: cuda when there is one")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice); 1 is steadier on a "
-                        "machine that other processes share")
+                   help="torch CPU threads, None: torch's choice; 1 is steadier on a machine "
+                        "that other processes share")
     p.add_argument("--repeats", type=int, default=10, help="timed rounds (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations per row first")
-    p.add_argument("--ppi-nodes", type=int, default=2372, help="nodes per PPI graph, 2 a batch")
-    p.add_argument("--clouds", type=int, default=32, help="ModelNet40 and knn batch B")
-    p.add_argument("--points", type=int, default=1024, help="points per cloud P")
+    p.add_argument("--ppi-nodes", type=int, default=FULL_SIZES["ppi_nodes"],
+                   help="nodes per PPI graph, 2 a batch")
+    p.add_argument("--clouds", type=int, default=FULL_SIZES["clouds"],
+                   help="ModelNet40 and knn batch B")
+    p.add_argument("--points", type=int, default=FULL_SIZES["points"],
+                   help="points per cloud P")
     p.add_argument("--quick", action="store_true", help="reduced sizes: --ppi-nodes 400 "
                    "--clouds 4 --points 256 --repeats 3 --warmup 1")
     p.add_argument("--compare-pyg", action="store_true",
                    help="also time models.GATConv against torch_geometric's, if installed")
     p.add_argument("--out", default="runs/bench.json", help="JSON with every row")
+    return p
+
+
+def get_args(argv=None):
+    p = make_parser()
     args = p.parse_args(argv)
     if args.quick:
         args.ppi_nodes, args.clouds, args.points, args.repeats, args.warmup = 400, 4, 256, 3, 1
-    if args.repeats < 1 or args.warmup < 1 or args.ppi_nodes < 16 or args.points < 20:
-        p.error("need --repeats >= 1, --warmup >= 1, --ppi-nodes >= 16 and --points >= 20 "
-                "(the teacher's k)")
+    if args.repeats < 1 or args.warmup < 1 or args.ppi_nodes < 16 or args.points < TEACHER_K:
+        p.error(f"need --repeats >= 1, --warmup >= 1, --ppi-nodes >= 16 and --points >= "
+                f"{TEACHER_K} (the teacher's k)")
     return args
 
 
 def main(argv=None):
     args = get_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda, but torch.cuda.is_available() is False")
-    device = torch.device(args.device if args.device != "auto"
-                          else "cuda" if torch.cuda.is_available() else "cpu")
+    device = experiment.pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    measure = memory_measure(device)
+    measure = experiment.Meter(device).measure  # what this system can measure
     cpu = platform.processor()
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f
                         if line.startswith("model name")), cpu)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
-    full = (args.ppi_nodes, args.clouds, args.points) == (2372, 32, 1024)
+    full = all(getattr(args, name) == size for name, size in FULL_SIZES.items())
     print(f"device {device} ({name}) | torch {torch.__version__} | {torch.get_num_threads()} "
           f"threads | median of {args.repeats} after {args.warmup} warm-up"
           + ("" if full else " | SIZES REDUCED from the paper's 2 x 2372 nodes, 32 x 1024 points"))

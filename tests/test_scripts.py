@@ -1,5 +1,6 @@
 """The two experiment scripts end to end (`--dry-run` as a subprocess), their error paths,
-and the metrics they report."""
+their command lines, the metrics they report and what they share in experiment.py."""
+import argparse
 import json
 import os
 import subprocess
@@ -8,6 +9,9 @@ import sys
 import pytest
 import torch
 
+import bench
+import experiment
+import lsp_kd
 import train_modelnet
 import train_ppi
 from models import gat_student
@@ -41,6 +45,7 @@ def test_ppi_dry_run(tmp_path, flags):
     assert "synthetic" in name and res["synthetic"] is True
     assert all(line.startswith("[synthetic]") for line in p.stdout.splitlines())
     assert 0.0 <= res["test_f1"] <= 1.0 and res["ls_kl"] >= 0.0
+    assert res["memory"] in experiment.MEMORY.values() and res["memory"] in p.stdout
     assert res["params"] == 185_172 and res["teacher"]["params"] == 3_640_748
     assert "best-validation epoch" in p.stdout
     if "--lsp" in flags or "--official" in flags:
@@ -65,6 +70,7 @@ def test_ppi_offline_error_is_clear(tmp_path):
     (["--kernel", "gaussian"], "invalid choice"),
     (["--lsp-weight", "-1"], "--lsp-weight must be >= 0"),
     (["--lsp-layer-s", "7"], "not a hidden layer"),
+    (["--teacher-epochs", "0"], "at least 1 epoch"),
 ])
 def test_ppi_bad_input(tmp_path, flags, message):
     p = run("train_ppi.py", "--data", "synthetic", "--dry-run", "--out-dir", str(tmp_path),
@@ -84,12 +90,25 @@ def test_cuda_request_without_cuda(tmp_path):
 def test_ppi_teacher_of_another_architecture(tmp_path):
     wrong = gat_student()  # a student where a teacher is expected
     ckpt = tmp_path / "wrong.pt"
-    torch.save({"model": wrong.state_dict(), "arch": train_ppi.arch_of(wrong),
+    torch.save({"model": wrong.state_dict(), "arch": experiment.arch_of(wrong),
                 "data": "synthetic-scale0.03-seed0", "epoch": 0, "best_val": 0.0}, ckpt)
     p = run("train_ppi.py", "--data", "synthetic", "--dry-run", "--teacher-ckpt", str(ckpt),
             "--out-dir", str(tmp_path))
     assert p.returncode != 0 and "another architecture" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("script", ["train_ppi.py", "train_modelnet.py"])
+def test_teacher_seed_decides_the_teacher(tmp_path, script):
+    """--teacher-seed seeds the teacher's initialisation and batch order: two runs that train
+    a teacher train the same one."""
+    teachers = []
+    for name in ("a", "b"):
+        p = run(script, "--data", "synthetic", "--dry-run", "--out-dir", str(tmp_path / name))
+        assert p.returncode == 0, p.stderr
+        teachers.append(torch.load(tmp_path / name / "teacher_dry_run.pt", weights_only=False))
+    for k, v in teachers[0]["model"].items():
+        torch.testing.assert_close(v, teachers[1]["model"][k], rtol=1e-4, atol=1e-5)
 
 
 def test_micro_f1_hand_computed():
@@ -125,6 +144,7 @@ def test_modelnet_dry_run(tmp_path, flags):
     (["--num-points", "16"], "must be in"),
     (["--k-s", "0"], "must be in"),
     (["--lsp-layer", "9"], "not an EdgeConv layer"),
+    (["--epochs", "0"], "must be >= 1"),
 ])
 def test_modelnet_bad_input(tmp_path, flags, message):
     p = run("train_modelnet.py", "--data", "synthetic", "--dry-run", "--out-dir",
@@ -158,7 +178,7 @@ def test_modelnet_offline_error_is_clear(tmp_path):
 def test_modelnet_teacher_of_another_architecture(tmp_path):
     wrong = train_modelnet.DGCNN((8, 8), emb_dim=0, pool="max", mlp=(16,), k=4)
     ckpt = tmp_path / "wrong.pt"
-    torch.save({"model": wrong.state_dict(), "arch": train_ppi.arch_of(wrong),
+    torch.save({"model": wrong.state_dict(), "arch": experiment.arch_of(wrong),
                 "data": "synthetic-1x1-seed0", "epoch": 0}, ckpt)
     p = run("train_modelnet.py", "--data", "synthetic", "--dry-run", "--teacher-ckpt",
             str(ckpt), "--out-dir", str(tmp_path))
@@ -172,3 +192,101 @@ def test_accuracy_and_mean_class_accuracy():
     assert acc == pytest.approx(4 / 6)
     # classes present: 0 (1 of 2), 1 (1 of 2), 2 (2 of 2); classes 3, 4 absent
     assert macc == pytest.approx((0.5 + 0.5 + 1.0) / 3)
+
+
+# ----------------------------------------------------------------------------------------
+# The command lines
+
+@pytest.mark.parametrize("module", [train_ppi, train_modelnet, bench])
+def test_every_flag_has_a_help_that_shows_its_default(module):
+    parser = module.make_parser()
+    text = parser.format_help()
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, action.option_strings
+        assert "default" not in action.help.lower(), action.help  # argparse adds it once
+    assert ("(default: 10)" if module is bench else "(default: 100.0)") in text  # a number
+
+
+@pytest.mark.parametrize("flags", [["--kernel", "rbf"], ["--lsp-weight", "100"],
+                                   ["--lsp-epochs", "30"], ["--lsp-layer-s", "-1"],
+                                   ["--teacher-first"]])
+def test_official_refuses_the_flags_it_sets(flags, capsys):
+    with pytest.raises(SystemExit) as err:  # even at its own or at the paper's value
+        train_ppi.get_args(["--official", *flags])
+    assert err.value.code == 2
+    (line,) = [l for l in capsys.readouterr().err.splitlines() if "error:" in l]
+    assert flags[0] in line and "--official" in line
+
+
+def test_official_sets_its_recipe():
+    args = train_ppi.get_args(["--official", "--lsp"])  # --lsp agrees with it: accepted
+    assert args.lsp and args.teacher_first and args.kernel == "l1_official"
+    assert (args.lsp_weight, args.lsp_epochs, args.lsp_layer_s) == (1.0, 30, 2)
+    assert train_ppi.method_name(args) == "Student_lsp_official"
+
+
+def test_given_flags_tells_explicit_from_default():
+    p = train_modelnet.make_parser()
+    assert experiment.given_flags(p, []) == set()
+    assert experiment.given_flags(p, ["--k-s", "10", "--lsp", "--data-seed", "0"]) == {
+        "k_s", "lsp", "data_seed"}
+
+
+# ----------------------------------------------------------------------------------------
+# experiment.py: the distillation terms, the memory measure, the paper's figures
+
+def test_distill_terms_match_the_losses_and_weigh_as_eq7():
+    g = torch.Generator().manual_seed(0)
+    N, ei = 30, torch.randint(0, 30, (2, 120), generator=g)
+    f_s, f_t = torch.randn(N, 6, generator=g), torch.randn(N, 9, generator=g)
+    logits_s, logits_t = torch.randn(N, 5, generator=g), torch.randn(N, 5, generator=g)
+    batch, reg = torch.arange(N) // 10, torch.nn.Linear(6, 9)
+    p = argparse.ArgumentParser()
+    experiment.add_distill_args(p)
+    args = p.parse_args(["--lsp", "--kd", "--at", "--fitnet", "--sigma", "2"])
+    # a fixed graph, the teacher's log LS^t cached (PPI)
+    cached = experiment.TeacherOutput(f_t, logits_t, log_ls=lsp_kd.log_local_structure(
+        f_t, ei, "rbf", sigma=2.0))
+    terms = experiment.distill_terms(args, f_s, logits_s, ei, cached, batch, reg,
+                                     multilabel=True)
+    assert list(terms) == ["kd", "lsp", "at", "fitnet"]
+    torch.testing.assert_close(terms["lsp"], lsp_kd.lsp_loss(f_s, f_t, ei, "rbf", sigma=2.0))
+    torch.testing.assert_close(terms["kd"], lsp_kd.kd_loss(logits_s, logits_t, multilabel=True))
+    torch.testing.assert_close(terms["at"], lsp_kd.at_loss(f_s, f_t, batch))
+    torch.testing.assert_close(terms["fitnet"], lsp_kd.fitnet_loss(f_s, f_t, reg))
+    task = torch.tensor(0.7)
+    want = 0.9 * task + 0.1 * terms["kd"] + 100 * terms["lsp"] + 1000 * terms["at"] \
+        + terms["fitnet"]
+    torch.testing.assert_close(experiment.total_loss(args, task, terms), want)
+    # the teacher's own graph (ModelNet40): LSP over the union E^u (Sec. 3.5); LSP skipped
+    ei_t = torch.randint(0, N, (2, 90), generator=g)
+    dynamic = experiment.TeacherOutput(f_t, logits_t, edge_index=ei_t)
+    terms = experiment.distill_terms(args, f_s, logits_s, ei, dynamic, batch, reg)
+    union = lsp_kd.union_graph(ei, ei_t, N)
+    torch.testing.assert_close(terms["lsp"], lsp_kd.lsp_loss(f_s, f_t, union, "rbf", sigma=2.0))
+    assert "lsp" not in experiment.distill_terms(args, f_s, logits_s, ei, dynamic, batch, reg,
+                                                 with_lsp=False)
+
+
+def test_meter_peak_belongs_to_its_phase():
+    """A phase's peak does not hold an earlier, larger one (the teacher's before a student's)."""
+    cpu = torch.device("cpu")
+    big = torch.ones(256 * 2**20 // 4)  # 256 MiB, written
+    earlier = experiment.Meter(cpu).peak_mb()
+    del big
+    meter = experiment.Meter(cpu)
+    if meter.measure != "clear_refs":
+        pytest.skip("the peak RSS cannot be reset on this system")
+    small = torch.ones(16 * 2**20 // 4)  # 16 MiB
+    assert meter.peak_mb() < earlier - 128
+    assert meter.memory == experiment.MEMORY["clear_refs"] and small.sum() > 0
+
+
+def test_paper_cells():
+    assert experiment.paper_cells("ppi", "teacher") == "3.64M 48.5ms 1.7s / 3.4G 97.6"
+    assert experiment.paper_cells("ppi", "kd") == "0.16M - - not run"
+    assert experiment.paper_cells("ppi", None) == "- - - -"
+    assert experiment.paper_cells("modelnet", "lsp_l2") == "0.1M - - 91.4 88.3"
+    assert experiment.paper_cells("modelnet", None) == "- - - - -"

@@ -1,0 +1,397 @@
+"""What the PPI and ModelNet40 experiments share: seeding, device, atomic saving, the run log,
+the teacher checkpoint, the distillation flags and the terms of one step (Eq. 7 and the
+baselines of Sec. 4.1), the memory measure, the paper's figures and the summary over seeds.
+
+train_ppi.py, train_modelnet.py and bench.py import it; it imports no script.
+Dimensions: N nodes (B*P points on ModelNet40), E edges, F features, C labels or classes.
+"""
+import argparse
+import ctypes
+import gc
+import json
+import os
+import random
+import resource
+import sys
+import time
+from typing import NamedTuple, Optional
+
+import numpy as np
+import torch
+
+import lsp_kd
+
+TEST_BATCH = 16  # ModelNet40 clouds per inference batch, as DGCNN's test loader
+
+
+# ----------------------------------------------------------------------------------------
+# A run: seed, device, files
+
+def set_seed(seed):
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def pick_device(name):
+    """--device auto|cpu|cuda -> torch.device; a clear exit when CUDA is asked for but absent."""
+    if name == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda was asked for, but torch.cuda.is_available() is False "
+                 "(no GPU, or a CPU-only torch build); use --device cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def sync(device):
+    """Wait for the GPU, so that wall-clock times are honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def atomic_save(obj, path, as_json=False):
+    """Write to a temp file beside `path`, then rename: never a half-written file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    if as_json:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+    else:
+        torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def open_run_log(args, run):
+    """log(msg): print and append to <out_dir>/log_<run>.txt, each line prefixed with
+    "[synthetic] " on synthetic data; starts with the command line."""
+    tag = "[synthetic] " if args.data == "synthetic" else ""
+    os.makedirs(args.out_dir, exist_ok=True)
+    path = os.path.join(args.out_dir, f"log_{run}.txt")
+    open(path, "w").close()
+
+    def log(msg):
+        print(tag + msg, flush=True)
+        with open(path, "a") as f:
+            f.write(tag + msg + "\n")
+
+    log(f"command: {' '.join(sys.argv)}")
+    return log
+
+
+def parser_for(doc):
+    """An argument parser whose --help shows every flag's default, described by doc's 1st line."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def add_run_args(p, out_dir, dry_run):
+    """The run's flags, shared by both scripts: seed, device, output folder, smoke test."""
+    p.add_argument("--seed", type=int, default=0, help="student seed")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: cuda when there is one")
+    p.add_argument("--out-dir", default=out_dir, help="where the logs and results go")
+    p.add_argument("--dry-run", action="store_true", help=f"smoke test: {dry_run}")
+    p.add_argument("--summarize", metavar="DIR", default=None,
+                   help="print mean ± std over seeds of the results in DIR, then exit")
+
+
+def save_results(args, run, res):
+    """Write <out_dir>/results_<run>.json (res + seed, command line, arguments) and
+    args_<run>.json, atomically; returns the results' path."""
+    res.update(synthetic=args.data == "synthetic", seed=args.seed, command=" ".join(sys.argv),
+               args=vars(args))
+    path = os.path.join(args.out_dir, f"results_{run}.json")
+    atomic_save(res, path, as_json=True)
+    atomic_save(vars(args), os.path.join(args.out_dir, f"args_{run}.json"), as_json=True)
+    return path
+
+
+def given_flags(parser, argv=None):
+    """The dests of the flags given in argv (None: sys.argv[1:]), not left at their defaults:
+    argparse sets a default only where the namespace lacks it, so a marker stays unset."""
+    unset = object()
+    marked = argparse.Namespace(**{dest: unset for dest in vars(parser.parse_args(argv))})
+    return {dest for dest, v in vars(parser.parse_args(argv, marked)).items() if v is not unset}
+
+
+def summarize(out_dir, keys):
+    """Mean ± std over seeds of every results_*.json in out_dir, one row per method."""
+    runs_of = {}
+    for name in sorted(os.listdir(out_dir)):
+        if name.startswith("results_") and name.endswith(".json"):
+            with open(os.path.join(out_dir, name)) as f:
+                r = json.load(f)
+            runs_of.setdefault(r["method"], []).append(r)
+    print(f"{'method':<22} {'seeds':>5} " + " ".join(f"{k:>17}" for k in keys))
+    for method, runs in runs_of.items():
+        cells = []
+        for k in keys:
+            v = np.array([r[k] for r in runs], dtype=float)
+            cells.append(f"{v.mean():.4f} ± {v.std():.4f}" if abs(v.mean()) >= 1e-3
+                         else f"{v.mean():.2e} ± {v.std():.1e}")
+        print(f"{method:<22} {len(runs):>5} " + " ".join(f"{c:>17}" for c in cells))
+
+
+# ----------------------------------------------------------------------------------------
+# The teacher: load its checkpoint, or train and save it
+
+def arch_of(model):
+    """The architecture as {parameter name: shape}: two models match iff their dicts do."""
+    return {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
+def load_teacher(path, teacher, data_name):
+    """Load a checkpoint {model, args, arch, data, epoch, ...} into `teacher`, or exit with a
+    clear message when it holds another architecture or was trained on other data."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        sys.exit(f"error: cannot read the teacher checkpoint {path}: {e}")
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "arch" not in ckpt:
+        sys.exit(f"error: {path} is not a teacher checkpoint written by this project")
+    arch = arch_of(teacher)
+    if ckpt["arch"] != arch:
+        diff = [k for k in sorted(set(arch) | set(ckpt["arch"]))
+                if ckpt["arch"].get(k) != arch.get(k)][:3]
+        sys.exit(f"error: the teacher checkpoint {path} holds another architecture than "
+                 f"this script's teacher (first differences: {diff}); pass another "
+                 "--teacher-ckpt or delete the file to train a new teacher")
+    if ckpt.get("data") != data_name:
+        sys.exit(f"error: the teacher checkpoint {path} was trained on '{ckpt.get('data')}', "
+                 f"this run uses '{data_name}'; pass another --teacher-ckpt")
+    teacher.load_state_dict(ckpt["model"])
+    return ckpt
+
+
+def add_teacher_args(p, name, epochs, seed):
+    """The teacher's flags: its checkpoint (checkpoints/<name>_<data>.pt), epochs, seed."""
+    p.add_argument("--teacher-ckpt", default=None,
+                   help=f"teacher checkpoint, trained and saved there if missing; None: "
+                        f"checkpoints/{name}_<data>.pt")
+    p.add_argument("--teacher-epochs", type=int, default=epochs, help="epochs of the teacher")
+    p.add_argument("--teacher-seed", type=int, default=seed, help="seed of the teacher")
+
+
+def load_or_train_teacher(teacher, args, data_name, name, train_teacher, describe, log):
+    """Load the teacher from --teacher-ckpt (else checkpoints/<name>.pt, or a throw-away file
+    in --out-dir for a dry run); when it is missing, run train_teacher() -> {epoch, best_val,
+    ...} and save {model, args, arch, data, ...} atomically. Returns the checkpoint; the
+    teacher is left frozen (eval, no gradients)."""
+    path = args.teacher_ckpt or (os.path.join(args.out_dir, "teacher_dry_run.pt") if args.dry_run
+                                 else os.path.join("checkpoints", f"{name}.pt"))
+    if os.path.exists(path):
+        ckpt = load_teacher(path, teacher, data_name)
+        log(f"teacher loaded from {path} ({describe(ckpt)})")
+    else:
+        log(f"no teacher at {path}: training it ({args.teacher_epochs} epochs)")
+        fit = train_teacher()
+        ckpt = {"model": teacher.state_dict(), "args": vars(args), "arch": arch_of(teacher),
+                "data": data_name, **fit}
+        atomic_save(ckpt, path)
+        log(f"teacher saved to {path} ({describe(ckpt)})")
+    teacher.eval().requires_grad_(False)
+    return ckpt
+
+
+# ----------------------------------------------------------------------------------------
+# Distillation: the flags, and the terms of one training step
+
+class TeacherOutput(NamedTuple):
+    """What the frozen teacher offers the distillation terms at one step."""
+    feat: torch.Tensor                          # (N, F_t) the layer LSP, AT and FitNet use
+    logits: Optional[torch.Tensor] = None       # (N, C) nodes or (B, C) clouds, for KD
+    edge_index: Optional[torch.Tensor] = None   # (2, E_t) its own graph when not the student's
+    log_ls: Optional[torch.Tensor] = None       # (E,) log LS^t of Eq. (3), cached on a fixed graph
+
+
+def add_distill_args(p):
+    """The distillation flags (bench.py's too); the methods combine, none = Student_Full."""
+    p.add_argument("--lsp", action="store_true", help="local structure preserving, Eq. (7)")
+    p.add_argument("--kd", action="store_true", help="Hinton KD (on PPI with per-label sigmoids)")
+    p.add_argument("--at", action="store_true",
+                   help="attention transfer on node (PPI) or point features")
+    p.add_argument("--fitnet", action="store_true", help="FitNet hint with a linear regressor")
+    p.add_argument("--kernel", choices=list(lsp_kd.KERNELS), default="rbf",
+                   help="SIM of Eq. (3)")
+    p.add_argument("--lsp-weight", type=float, default=100.0, help="λ of Eq. (7)")
+    p.add_argument("--teacher-first", action="store_true",
+                   help="KL(LS_t || LS_s) as the official code, instead of Eq. (5)")
+    p.add_argument("--sigma", type=float, default=1.0, help="RBF σ, Eq. (8)")
+    p.add_argument("--degree", type=int, default=2, help="polynomial kernel degree d")
+    p.add_argument("--c", type=float, default=0.0, help="polynomial kernel offset c")
+    p.add_argument("--kd-alpha", type=float, default=0.1, help="weight α of the KD term")
+    # NOTE: the paper gives KD's α = 0.1 (ModelNet40) but not T; here T = 4, a usual value.
+    p.add_argument("--kd-T", type=float, default=4.0, help="KD temperature T")
+    # NOTE: the paper gives no AT or FitNet weight; here AT 1000, because its attention maps
+    # are L2-normalised per graph or cloud, so its MSE is of order 1/N, and FitNet 1.
+    p.add_argument("--at-weight", type=float, default=1000.0, help="weight of the AT term")
+    p.add_argument("--fitnet-weight", type=float, default=1.0, help="weight of the FitNet term")
+
+
+def kernel_kwargs(args):
+    """The hyper-parameters of --kernel, as keyword arguments of lsp_kd's kernels."""
+    return {"rbf": {"sigma": args.sigma}, "poly": {"degree": args.degree, "c": args.c}
+            }.get(args.kernel, {})
+
+
+def kernel_label(args):
+    """e.g. "lsp_rbf", or "lsp_rbf-sigma10" when a hyper-parameter is not the paper's."""
+    paper = {"rbf": {"sigma": 1.0}, "poly": {"degree": 2, "c": 0.0}}.get(args.kernel, {})
+    return f"lsp_{args.kernel}" + "".join(f"-{k}{v:g}" for k, v in kernel_kwargs(args).items()
+                                          if v != paper[k])
+
+
+def distill_terms(args, feat_s, logits_s, edge_index, teacher, batch, regressor=None,
+                  multilabel=False, with_lsp=True):
+    """The unweighted distillation terms that args asks for, {name: scalar tensor}.
+
+    feat_s (N, F_s): the student's layer matching teacher.feat; logits_s (N, C) or (B, C);
+    edge_index (2, E): the student's graph (the teacher's too, unless teacher.edge_index);
+    teacher: a TeacherOutput; batch (N,): graph or cloud id, for AT; regressor: FitNet's
+    F_s -> F_t map; multilabel: KD with per-label sigmoids; with_lsp False skips LSP.
+    """
+    terms = {}
+    if args.kd:
+        terms["kd"] = lsp_kd.kd_loss(logits_s, teacher.logits, T=args.kd_T, multilabel=multilabel)
+    if args.lsp and with_lsp:
+        if teacher.edge_index is not None:  # Sec. 3.5: both structures over E^u = E^s ∪ E^t
+            edge_index = lsp_kd.union_graph(edge_index, teacher.edge_index, feat_s.size(0))
+        terms["lsp"] = lsp_kd.lsp_loss_fast(feat_s, teacher.feat, edge_index, args.kernel,
+                                            teacher_first=args.teacher_first,
+                                            log_ls_t=teacher.log_ls, **kernel_kwargs(args))
+    if args.at:
+        terms["at"] = lsp_kd.at_loss(feat_s, teacher.feat, batch)
+    if args.fitnet:
+        terms["fitnet"] = lsp_kd.fitnet_loss(feat_s, teacher.feat, regressor)
+    return terms
+
+
+def total_loss(args, task_loss, terms):
+    """Eq. (7), L = task + λ L_LSP, plus each baseline's term times its weight; with KD, as
+    Hinton, the task loss becomes (1 - α) task + α KD."""
+    loss = task_loss
+    if "kd" in terms:
+        loss = (1 - args.kd_alpha) * task_loss + args.kd_alpha * terms["kd"]
+    for name, weight in (("lsp", args.lsp_weight), ("at", args.at_weight),
+                         ("fitnet", args.fitnet_weight)):
+        if name in terms:
+            loss = loss + weight * terms[name]              # "lsp": Eq. (7)
+    return loss
+
+
+def epoch_means(history):
+    """{name: mean over the steps} of an epoch's history [{"loss": float, term: float, ...}]."""
+    return {k: sum(step[k] for step in history) / len(history) for k in history[0]}
+
+
+# ----------------------------------------------------------------------------------------
+# Cost: inference time; seconds per iteration and peak memory of a training phase
+
+MEMORY = {"cuda": "CUDA allocator peak",
+          "clear_refs": "peak RSS of the training phase (Linux VmHWM, reset at its start)",
+          "ru_maxrss": "process peak RSS since start (ru_maxrss: no reset on this system)"}
+
+
+def status_mb(key):  # a line of /proc/self/status (VmRSS, VmHWM), in MiB
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
+
+
+@torch.no_grad()
+def cost_of(model, batches, repeats, fit, per):
+    """The cost columns of Tables 2 and 4: parameters; RunTime, the median ms per sample of a
+    forward model(*inputs) over batches [(inputs, samples)], each timed `repeats` times after
+    a warm-up; from `fit` (train()'s dict, a teacher checkpoint) s per `per` and memory."""
+    model.eval()
+    times = []
+    for inputs, samples in batches:
+        model(*inputs)  # warm-up
+        for _ in range(repeats):
+            sync(inputs[0].device)
+            t0 = time.time()
+            model(*inputs)
+            sync(inputs[0].device)
+            times.append(1000 * (time.time() - t0) / samples)
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "runtime_ms": float(np.median(times)), f"train_s_per_{per}": fit.get(f"s_per_{per}"),
+            "peak_mem_mb": fit.get("peak_mb"), "memory": fit.get("memory")}
+
+
+class Meter:
+    """Seconds per training iteration and the peak memory of one phase (a training run, one
+    bench.py step) from the Meter's creation on, so a student's peak holds no teacher's.
+    `memory` names the measure (MEMORY); on a Linux CPU the peak RSS, reset at creation."""
+
+    def __init__(self, device):
+        self.device, self.seconds, self.iters = device, 0.0, 0
+        gc.collect()
+        sync(device)
+        self.measure = "cuda" if device.type == "cuda" else "clear_refs"
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        else:
+            try:  # glibc keeps freed pages resident: hand them back, the baseline = live set
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+            except (OSError, AttributeError):
+                pass
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                self.measure = "ru_maxrss"
+        self.memory = MEMORY[self.measure]
+
+    def start(self):  # a timed iteration begins, once the GPU has done what came before
+        sync(self.device)
+        self.t0 = time.time()
+
+    def stop(self):  # ... and ends
+        sync(self.device)
+        self.seconds += time.time() - self.t0
+        self.iters += 1
+
+    def s_per_iter(self):
+        return self.seconds / max(self.iters, 1)
+
+    def peak_mb(self):
+        if self.measure == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        if self.measure == "clear_refs":
+            return status_mb("VmHWM")
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB -> MiB
+
+
+# ----------------------------------------------------------------------------------------
+# The paper's figures (real data, a 1080Ti), per row: Params, RunTime per sample, training
+# time (PPI: s per iteration, Table 2; ModelNet40: s per epoch, Table 4), memory in GB, then
+# the scores (PPI: test micro-F1; ModelNet40: Acc, mAcc of Tables 4-5). "-": not given.
+
+PAPER = {
+    "ppi": {"teacher": ("3.64M", "48.5ms", "1.7", "3.4", "97.6"),
+            "student": ("0.16M", "41.3ms", "1.3", "1.2", "95.7"),
+            "kd": ("0.16M", "-", "-", "-", "not run"),
+            "at": ("0.16M", "41.3ms", "1.9", "1.4", "95.4"),
+            "fitnet": ("0.16M", "41.3ms", "2.4", "1.6", "95.6"),
+            "lsp_rbf": ("0.16M", "41.3ms", "2.0", "1.5", "96.1")},
+    "modelnet": {"teacher": ("1.81M", "8.72ms", "30", "4.2", "92.4", "89.3"),
+                 "student": ("0.1M", "3.31ms", "12", "1.4", "91.2", "87.5"),
+                 "kd": ("0.1M", "3.31ms", "15", "1.4", "91.6", "88.1"),
+                 "at": ("0.1M", "3.31ms", "21", "1.7", "91.6", "87.9"),
+                 "fitnet": ("0.1M", "3.31ms", "28", "2.4", "91.1", "87.9"),
+                 "lsp_rbf": ("0.1M", "3.31ms", "29", "2.2", "91.9", "88.6"),
+                 "lsp_l2": ("0.1M", "-", "-", "-", "91.4", "88.3"),
+                 "lsp_poly": ("0.1M", "-", "-", "-", "91.7", "87.7"),
+                 "lsp_linear": ("0.1M", "-", "-", "-", "91.5", "87.8")},
+}
+
+
+def paper_cells(exp, row):
+    """The paper's figures for `row` as printed, "3.64M 48.5ms 1.7s / 3.4G 97.6"; "- - - -"
+    where the paper has no such row (None)."""
+    if row not in PAPER[exp]:
+        return " ".join("-" * (len(next(iter(PAPER[exp].values()))) - 1))
+    params, runtime, seconds, gb, *scores = PAPER[exp][row]
+    cost = f"{seconds}s / {gb}G" if seconds != "-" else "-"
+    return " ".join([params, runtime, cost, *scores])
