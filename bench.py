@@ -44,7 +44,8 @@ import lsp_kd
 import models
 from experiment import TEST_BATCH, TeacherOutput, parser_for, sync
 
-METHODS = ["teacher", "student", "kd", "at", "fitnet"] + [f"lsp_{k}" for k in lsp_kd.KERNELS]
+METHODS = (["teacher", "student", "kd", "at", "fitnet"] + [f"lsp_{k}" for k in lsp_kd.KERNELS]
+           + ["lsp_rbf_auto"])  # RBF with --sigma auto: each model's median σ
 AVG_DEGREE = 14                        # PPI's average degree (Sec. 4.1)
 TEACHER_K = models.dgcnn_teacher().k   # 20: the teacher's kNN size, which the knn rows time
 FULL_SIZES = {"ppi_nodes": 2372, "clouds": 32, "points": 1024}  # the paper's: Sec. 4.1, 4.2
@@ -135,6 +136,8 @@ def distill_args(method):
     """The scripts' distillation flags for one row ("kd", "lsp_rbf", ...), at their defaults."""
     p = argparse.ArgumentParser()
     experiment.add_distill_args(p)
+    if method == "lsp_rbf_auto":
+        return p.parse_args(["--lsp", "--kernel", "rbf", "--sigma", "auto"])
     if method.startswith("lsp_"):
         return p.parse_args(["--lsp", "--kernel", method[4:]])
     return p.parse_args([f"--{method}"] if method in ("kd", "at", "fitnet") else [])
@@ -208,14 +211,18 @@ def bench_ppi(args, device, measure):
     with torch.no_grad():  # the frozen teacher, once (train_ppi.py's cache)
         feats_t, logits_t = models.gat_teacher().to(device).eval()(x, ei, return_feats=True)
         log_ls_t = {k: lsp_kd.log_local_structure(feats_t[-1], ei, k) for k in lsp_kd.KERNELS}
+        sigma_t = lsp_kd.median_sigma(feats_t[-1], ei)              # --sigma auto, once
+        log_ls_t["rbf_auto"] = lsp_kd.log_local_structure(feats_t[-1], ei, "rbf", sigma=sigma_t)
 
     def build(method):
         return (models.gat_teacher() if method == "teacher" else models.gat_student()).to(device)
 
     def loss_for(method):
         d_args = distill_args(method)
+        auto = d_args.lsp and d_args.sigma == "auto"
         out_t = TeacherOutput(feats_t[-1], logits_t,                  # (N, 1024), (N, 121)
-                              log_ls=log_ls_t[d_args.kernel] if d_args.lsp else None)
+                              log_ls=log_ls_t["rbf_auto" if auto else d_args.kernel]
+                              if d_args.lsp else None, sigma=sigma_t)
 
         def loss(model, regressor):
             feats, logits = model(x, ei, return_feats=True)
@@ -240,6 +247,8 @@ def bench_modelnet(args, device, measure):
     labels = torch.randint(0, 40, (B,), generator=gen).to(device)    # (B,)
     cloud = torch.arange(B, device=device).repeat_interleave(P)     # (B*P,) cloud id
     teacher = models.dgcnn_teacher().to(device).eval().requires_grad_(False)
+    with torch.no_grad():  # --sigma auto: the teacher's σ, once (train_modelnet.py: 4 batches)
+        sigma_t = lsp_kd.median_sigma(*teacher.edge_features(pts)[-1])
 
     def build(method):
         model = models.dgcnn_teacher() if method == "teacher" else models.dgcnn_student()
@@ -258,7 +267,8 @@ def bench_modelnet(args, device, measure):
                                      else (teacher.edge_features(pts), None))  # needs logits
             (f_s, ei_s), (f_t, ei_t) = feats_s[-1], feats_t[-1]      # last EdgeConv of each
             terms = experiment.distill_terms(d_args, f_s, logits, ei_s,
-                                             TeacherOutput(f_t, logits_t, ei_t), cloud, regressor)
+                                             TeacherOutput(f_t, logits_t, ei_t, sigma=sigma_t),
+                                             cloud, regressor)
             return experiment.total_loss(d_args, ce, terms)
         return loss
 

@@ -65,14 +65,17 @@ def atomic_save(obj, path, as_json=False):
 
 def open_run_log(args, run):
     """log(msg): print and append to <out_dir>/log_<run>.txt, each line prefixed with
-    "[synthetic] " on synthetic data; starts with the command line."""
+    "[synthetic] " on synthetic data; starts with the command line. log(msg, warning=True)
+    prints "warning: msg" to stderr instead (and writes it to the file)."""
     tag = "[synthetic] " if args.data == "synthetic" else ""
     os.makedirs(args.out_dir, exist_ok=True)
     path = os.path.join(args.out_dir, f"log_{run}.txt")
     open(path, "w").close()
 
-    def log(msg):
-        print(tag + msg, flush=True)
+    def log(msg, warning=False):
+        msg = "warning: " + msg if warning else msg
+        print(msg if warning else tag + msg, file=sys.stderr if warning else sys.stdout,
+              flush=True)
         with open(path, "a") as f:
             f.write(tag + msg + "\n")
 
@@ -116,22 +119,34 @@ def given_flags(parser, argv=None):
     return {dest for dest, v in vars(parser.parse_args(argv, marked)).items() if v is not unset}
 
 
+def mean_std(values):
+    v = np.array(values, dtype=float)
+    return (f"{v.mean():.4f} ± {v.std():.4f}" if abs(v.mean()) >= 1e-3
+            else f"{v.mean():.2e} ± {v.std():.1e}")
+
+
 def summarize(out_dir, keys):
-    """Mean ± std over seeds of every results_*.json in out_dir, one row per method."""
+    """Mean ± std over seeds of every results_*.json in out_dir, one row per method; then,
+    per method, the structure metrics after the epochs of STRUCTURE_EPOCHS."""
     runs_of = {}
     for name in sorted(os.listdir(out_dir)):
         if name.startswith("results_") and name.endswith(".json"):
             with open(os.path.join(out_dir, name)) as f:
                 r = json.load(f)
             runs_of.setdefault(r["method"], []).append(r)
-    print(f"{'method':<22} {'seeds':>5} " + " ".join(f"{k:>17}" for k in keys))
+    keys = keys + ["ls_kl", "ls_kl_auto", "rank_corr"]
+    print(f"{'method':<28} {'seeds':>5} " + " ".join(f"{k:>17}" for k in keys))
     for method, runs in runs_of.items():
-        cells = []
-        for k in keys:
-            v = np.array([r[k] for r in runs], dtype=float)
-            cells.append(f"{v.mean():.4f} ± {v.std():.4f}" if abs(v.mean()) >= 1e-3
-                         else f"{v.mean():.2e} ± {v.std():.1e}")
-        print(f"{method:<22} {len(runs):>5} " + " ".join(f"{c:>17}" for c in cells))
+        print(f"{method:<28} {len(runs):>5} "
+              + " ".join(f"{mean_std([r[k] for r in runs]):>17}" for k in keys))
+    for method, runs in runs_of.items():
+        print(f"\n{method}: structure on the test data after epoch ({len(runs)} seeds)")
+        print(f"{'epoch':>5} " + " ".join(f"{k:>21}" for k in keys[-3:]))
+        for epoch in sorted({int(e) for r in runs for e in r["structure_by_epoch"]}):
+            at = [r["structure_by_epoch"][str(epoch)] for r in runs
+                  if str(epoch) in r["structure_by_epoch"]]
+            print(f"{epoch:>5} " + " ".join(f"{mean_std([m[k] for m in at]):>21}"
+                                            for k in keys[-3:]))
 
 
 # ----------------------------------------------------------------------------------------
@@ -204,6 +219,20 @@ class TeacherOutput(NamedTuple):
     logits: Optional[torch.Tensor] = None       # (N, C) nodes or (B, C) clouds, for KD
     edge_index: Optional[torch.Tensor] = None   # (2, E_t) its own graph when not the student's
     log_ls: Optional[torch.Tensor] = None       # (E,) log LS^t of Eq. (3), cached on a fixed graph
+    sigma: Optional[float] = None               # the teacher's own σ under --sigma auto
+
+
+def sigma_arg(text):
+    """--sigma: a number > 0, or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0 or auto, got {text!r}")
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"σ must be > 0, got {text}")
+    return value
 
 
 def add_distill_args(p):
@@ -218,7 +247,9 @@ def add_distill_args(p):
     p.add_argument("--lsp-weight", type=float, default=100.0, help="λ of Eq. (7)")
     p.add_argument("--teacher-first", action="store_true",
                    help="KL(LS_t || LS_s) as the official code, instead of Eq. (5)")
-    p.add_argument("--sigma", type=float, default=1.0, help="RBF σ, Eq. (8)")
+    p.add_argument("--sigma", type=sigma_arg, default=1.0,
+                   help="RBF σ of Eq. (8); auto: each model's own median distance between "
+                        "neighbours, the student's recomputed at every step (not the paper's)")
     p.add_argument("--degree", type=int, default=2, help="polynomial kernel degree d")
     p.add_argument("--c", type=float, default=0.0, help="polynomial kernel offset c")
     p.add_argument("--kd-alpha", type=float, default=0.1, help="weight α of the KD term")
@@ -239,7 +270,8 @@ def kernel_kwargs(args):
 def kernel_label(args):
     """e.g. "lsp_rbf", or "lsp_rbf-sigma10" when a hyper-parameter is not the paper's."""
     paper = {"rbf": {"sigma": 1.0}, "poly": {"degree": 2, "c": 0.0}}.get(args.kernel, {})
-    return f"lsp_{args.kernel}" + "".join(f"-{k}{v:g}" for k, v in kernel_kwargs(args).items()
+    return f"lsp_{args.kernel}" + "".join(f"-{k}{v:g}" if v != "auto" else f"-{k}{v}"
+                                          for k, v in kernel_kwargs(args).items()
                                           if v != paper[k])
 
 
@@ -258,9 +290,20 @@ def distill_terms(args, feat_s, logits_s, edge_index, teacher, batch, regressor=
     if args.lsp and with_lsp:
         if teacher.edge_index is not None:  # Sec. 3.5: both structures over E^u = E^s ∪ E^t
             edge_index = lsp_kd.union_graph(edge_index, teacher.edge_index, feat_s.size(0))
+        kw, log_ls_t = kernel_kwargs(args), teacher.log_ls
+        if kw.get("sigma") == "auto":
+            # NOTE: the paper's σ is 1; here each model's median distance between neighbours,
+            # the student's from its current features (detached) at every step, because σ = 1
+            # leaves no structure once features lie far apart (README: Is my LSP term alive?)
+            kw["sigma"] = lsp_kd.median_sigma(feat_s.detach(), edge_index)
+            terms["sigma_s"] = torch.tensor(kw["sigma"])    # logged per epoch; not a loss
+            if log_ls_t is None:
+                with torch.no_grad():
+                    log_ls_t = lsp_kd.log_local_structure(teacher.feat, edge_index,
+                                                          args.kernel, sigma=teacher.sigma)
         terms["lsp"] = lsp_kd.lsp_loss_fast(feat_s, teacher.feat, edge_index, args.kernel,
                                             teacher_first=args.teacher_first,
-                                            log_ls_t=teacher.log_ls, **kernel_kwargs(args))
+                                            log_ls_t=log_ls_t, **kw)
     if args.at:
         terms["at"] = lsp_kd.at_loss(feat_s, teacher.feat, batch)
     if args.fitnet:
@@ -284,6 +327,70 @@ def total_loss(args, task_loss, terms):
 def epoch_means(history):
     """{name: mean over the steps} of an epoch's history [{"loss": float, term: float, ...}]."""
     return {k: sum(step[k] for step in history) / len(history) for k in history[0]}
+
+
+# ----------------------------------------------------------------------------------------
+# Structure: how much of it the teacher offers, and how close the student's comes
+
+# The RBF kernel lies in [0, 1], so within a neighbourhood LS_ij can differ by a factor e at
+# most: even a strong structure holds ~0.1 nats (KL from uniform at degree 14). Below 1e-4
+# nats every LS_i^t is within about 1.5% of uniform (KL ≈ ½ d_i Σ_j (ΔLS_ij)²), so L_LSP and
+# its gradient are ~1e-4 of what the kernel allows: the student trains as Student_Full.
+UNIFORM_KL = 1e-4
+STRUCTURE_EPOCHS = (1, 5, 10, 20, 50, 100)  # Fig. 4's epochs: structure metrics after each
+
+
+@torch.no_grad()
+def teacher_structure(args, samples, sigma_t, log):
+    """How much structure the frozen teacher offers LSP with args' kernel (σ = sigma_t under
+    --sigma auto), over samples [(feat_t (N, F_t), edge_index (2, E))]: the mean over centres
+    of KL(LS_i^t || uniform), and the share of edges whose kernel value is exactly 0 or 1 in
+    float32, both over the edges j ≠ i (a self-loop's RBF value is 1 whatever the features:
+    structure that neither model can learn or lose). Logs both, and a warning when the
+    structures are practically uniform; the run goes on, since a faithful reproduction must
+    stay possible. -> {kl_from_uniform, saturated_share, kernel, its parameters}."""
+    kw = kernel_kwargs(args)
+    if kw.get("sigma") == "auto":
+        kw["sigma"] = sigma_t
+    kls, saturated, edges = [], 0.0, 0
+    for feat, ei in samples:
+        ei = ei[:, ei[0] != ei[1]]                                            # (2, E')
+        log_ls = lsp_kd.log_local_structure(feat, ei, args.kernel, **kw)     # (E',)
+        kls.append(lsp_kd.kl_from_uniform(log_ls, ei, feat.size(0)))           # (N,)
+        saturated += lsp_kd.kernel_saturation(feat, ei, args.kernel, **kw) * ei.size(1)
+        edges += ei.size(1)
+    kl, share = torch.cat(kls).mean().item(), saturated / max(edges, 1)
+    setting = ", ".join(f"{k} = {v:.4g}" for k, v in kw.items()) + (
+        " (auto)" if args.kernel == "rbf" and args.sigma == "auto" else "")
+    log(f"teacher's local structure, kernel {args.kernel} {setting}: KL from uniform "
+        f"{kl:.3e} nats per node; kernel exactly 0 or 1 on {100 * share:.1f}% of edges")
+    if kl < UNIFORM_KL:
+        log(f"kernel {args.kernel} with {setting or 'its parameters'}: the teacher's local "
+            f"structures are practically uniform (KL from uniform {kl:.1e} < {UNIFORM_KL:g}), "
+            "so L_LSP and its gradient vanish and the student trains as Student_Full; "
+            "try --sigma auto (with --kernel rbf)", warning=True)
+    return {"kl_from_uniform": kl, "saturated_share": share, "kernel": args.kernel, **kw}
+
+
+@torch.no_grad()
+def structure_metrics(triples):
+    """How close the student's structure is to the teacher's, over triples
+    [(feat_s (N, F_s), feat_t (N, F_t), edge_index (2, E))] (a generator is fine):
+    ls_kl, L_LSP of Eq. (5)-(6) with RBF σ = 1 (Fig. 1's quantity), mean over triples;
+    ls_kl_auto, the same with each model's median σ (it cannot saturate); rank_corr, the mean
+    over centres with >= 3 neighbours of neighbour_rank_correlation (1: same order)."""
+    kl, kl_auto, rho = [], [], []
+    for f_s, f_t, ei in triples:
+        kl.append(lsp_kd.lsp_loss_fast(f_s, f_t, ei, "rbf").item())
+        kl_auto.append(lsp_kd.lsp_loss_fast(f_s, f_t, ei, "rbf", sigma="auto").item())
+        rho.append(lsp_kd.neighbour_rank_correlation(f_s, f_t, ei).cpu())
+    return {"ls_kl": float(np.mean(kl)), "ls_kl_auto": float(np.mean(kl_auto)),
+            "rank_corr": float(torch.cat(rho).nanmean())}
+
+
+def log_structure(log, where, metrics):
+    log(f"{where}: KL to the teacher σ = 1 {metrics['ls_kl']:.3e}, σ = median "
+        f"{metrics['ls_kl_auto']:.3e}; neighbour rank correlation {metrics['rank_corr']:.4f}")
 
 
 # ----------------------------------------------------------------------------------------

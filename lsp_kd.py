@@ -283,9 +283,11 @@ def kl_from_uniform(log_ls, edge_index, num_nodes):
 
 @torch.no_grad()
 def kernel_saturation(feat, edge_index, kernel="rbf", **kernel_kwargs):
-    """The share of edges whose SIM(z_i, z_j) is exactly 0 or exactly 1 in float32: for the
-    RBF kernel, the edges on which it has underflowed (0) or cannot tell the neighbour from
-    the centre (1). A float in [0, 1]."""
+    """The share of edges j ≠ i whose SIM(z_i, z_j) is exactly 0 or exactly 1 in float32: for
+    the RBF kernel, the edges on which it has underflowed (0) or cannot tell the neighbour
+    from the centre (1). Self-loops, whose RBF value is 1 by definition, are left out.
+    A float in [0, 1]."""
+    edge_index = edge_index[:, edge_index[0] != edge_index[1]]  # (2, E') without self-loops
     if edge_index.size(1) == 0:
         return 0.0
     if kernel_kwargs.get("sigma") == "auto":

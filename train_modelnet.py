@@ -12,6 +12,7 @@ As DGCNN, no validation split exists: accuracies are those of the last epoch.
 Dimensions: B clouds, P points, F features, k neighbours, C = 40 classes.
 """
 import itertools
+import os
 import sys
 import time
 
@@ -22,11 +23,15 @@ import torch.nn.functional as F
 
 import data
 import lsp_kd
-from experiment import (TEST_BATCH, Meter, TeacherOutput, add_distill_args, add_run_args,
-                        add_teacher_args, cost_of, distill_terms, epoch_means, kernel_label,
-                        load_or_train_teacher, open_run_log, paper_cells, parser_for,
-                        pick_device, save_results, set_seed, summarize, total_loss)
+from experiment import (STRUCTURE_EPOCHS, TEST_BATCH, Meter, TeacherOutput, add_distill_args,
+                        add_run_args, add_teacher_args, atomic_save, cost_of, distill_terms,
+                        epoch_means, kernel_kwargs, kernel_label, load_or_train_teacher,
+                        log_structure, open_run_log, paper_cells, parser_for, pick_device,
+                        save_results, set_seed, structure_metrics, summarize,
+                        teacher_structure, total_loss)
 from models import DGCNN, dgcnn_teacher, num_params
+
+PROBE_BATCHES = 4  # training batches on which the teacher's structure is measured (and its σ)
 
 # Student variants: the paper's student and the three of Table 6.
 # NOTE: the paper gives Table 6's variants only by their sizes (0.44M, 0.14M, 0.30M); these
@@ -52,44 +57,75 @@ def accuracy(pred, labels, num_classes):
     return acc, float(np.mean(per_class))
 
 
-@torch.no_grad()
-def evaluate(model, ds, args, device, teacher=None):
-    """(acc, mAcc) on the test clouds; with a teacher, also the mean local-structure KL
-    (Eq. 5-6, RBF σ = 1) between the two models on the union of their kNN graphs."""
-    model.eval()
-    preds, kls = [], []
-    batches = data.pointcloud_batches(ds["test_points"], ds["test_labels"], TEST_BATCH,
+def test_batches(ds, args, split="test", count=None):
+    """Clouds of a split in batches of TEST_BATCH, in order, unaugmented (1 for a dry run)."""
+    batches = data.pointcloud_batches(ds[f"{split}_points"], ds[f"{split}_labels"], TEST_BATCH,
                                       args.num_points, train=False)
-    for pts, _ in itertools.islice(batches, 1 if args.dry_run else None):
-        pts = pts.to(device)
-        feats_s, logits = model(pts, return_feats=True)
-        preds.append(logits.argmax(-1).cpu())
-        if teacher is not None:
-            feats_t = teacher.edge_features(pts)
-            (f_s, ei_s), (f_t, ei_t) = feats_s[args.lsp_layer], feats_t[args.lsp_layer]
-            union = lsp_kd.union_graph(ei_s, ei_t, f_s.size(0))      # (2, E_u)
-            kls.append(lsp_kd.lsp_loss_fast(f_s, f_t, union, kernel="rbf").item())
+    return itertools.islice(batches, 1 if args.dry_run else count)
+
+
+@torch.no_grad()
+def evaluate(model, ds, args, device):
+    """(acc, mAcc) on the test clouds."""
+    model.eval()
+    preds = [model(pts.to(device)).argmax(-1).cpu() for pts, _ in test_batches(ds, args)]
     labels = torch.as_tensor(ds["test_labels"])[:sum(len(p) for p in preds)]
-    acc, macc = accuracy(torch.cat(preds), labels, len(ds["class_names"]))
-    return acc, macc, (float(np.mean(kls)) if kls else None)
+    return accuracy(torch.cat(preds), labels, len(ds["class_names"]))
+
+
+@torch.no_grad()
+def union_features(student, teacher, pts, layer):
+    """Both models' EdgeConv `layer` on clouds pts (B, P, 3), and the union of the two kNN
+    graphs it aggregated over (Sec. 3.5): ((B*P, F_s), (B*P, F_t), (2, E_u))."""
+    (f_s, ei_s), (f_t, ei_t) = student.edge_features(pts)[layer], teacher.edge_features(pts)[layer]
+    return f_s, f_t, lsp_kd.union_graph(ei_s, ei_t, f_s.size(0))
+
+
+@torch.no_grad()
+def test_structure(student, teacher, ds, args, device):
+    """structure_metrics between the two models on the test clouds over the union graph."""
+    student.eval()
+    return structure_metrics(union_features(student, teacher, pts.to(device), args.lsp_layer)
+                             for pts, _ in test_batches(ds, args))
+
+
+@torch.no_grad()
+def probe_teacher(args, ds, student, teacher, device, log):
+    """Before training: the teacher's σ under --sigma auto (the median distance between
+    neighbours over the first PROBE_BATCHES training batches, union graphs with the initial
+    student's) and, with --lsp, how much structure it offers there (teacher_structure).
+    -> (sigma_t or None, teacher_structure's dict or None)."""
+    if not args.lsp:
+        return None, None
+    student.eval()
+    probes = [union_features(student, teacher, pts.to(device), args.lsp_layer)
+              for pts, _ in test_batches(ds, args, "train", PROBE_BATCHES)]
+    sigma_t = None
+    if kernel_kwargs(args).get("sigma") == "auto":  # one σ over all the probed clouds' edges
+        offsets = np.cumsum([0] + [f_t.size(0) for _, f_t, _ in probes[:-1]])
+        sigma_t = lsp_kd.median_sigma(torch.cat([f_t for _, f_t, _ in probes]),
+                                      torch.cat([ei + int(o) for (_, _, ei), o
+                                                 in zip(probes, offsets)], 1))
+    return sigma_t, teacher_structure(args, [(f_t, ei) for _, f_t, ei in probes], sigma_t, log)
 
 
 # ----------------------------------------------------------------------------------------
 # Training
 
 @torch.no_grad()
-def teacher_output(teacher, pts, layer, with_logits, amp=False):
+def teacher_output(teacher, pts, layer, with_logits, amp=False, sigma=None):
     """The frozen teacher on clouds pts (B, P, 3) -> TeacherOutput: its EdgeConv `layer`
     (B*P, F_t), that layer's kNN graph (2, B*P*k), with_logits its logits (B, C) for KD
-    (else only its EdgeConvs run); amp: under autocast, the outputs back in float32."""
+    (else only its EdgeConvs run), its σ; amp: under autocast, the outputs back in float32."""
     with torch.autocast(pts.device.type, enabled=amp):
         feats_t, logits_t = (teacher(pts, return_feats=True) if with_logits
                              else (teacher.edge_features(pts), None))
     f_t, ei_t = feats_t[layer]
-    return TeacherOutput(f_t.float(), None if logits_t is None else logits_t.float(), ei_t)
+    return TeacherOutput(f_t.float(), None if logits_t is None else logits_t.float(), ei_t,
+                         sigma=sigma)
 
 
-def train_epoch(model, ds, args, opt, gen, device, teacher=None, regressor=None):
+def train_epoch(model, ds, args, opt, gen, device, teacher=None, regressor=None, sigma_t=None):
     """One pass of SGD over the training clouds (Eq. 7); returns {term: mean over steps}."""
     model.train()
     history = []
@@ -101,7 +137,8 @@ def train_epoch(model, ds, args, opt, gen, device, teacher=None, regressor=None)
         feats_s, logits = model(pts, return_feats=True)
         terms = {"ce": F.cross_entropy(logits, labels, label_smoothing=args.smoothing)}
         if teacher is not None:
-            out_t = teacher_output(teacher, pts, args.lsp_layer, args.kd, args.teacher_amp)
+            out_t = teacher_output(teacher, pts, args.lsp_layer, args.kd, args.teacher_amp,
+                                   sigma_t)
             f_s, ei_s = feats_s[args.lsp_layer]                          # (B*P, F_s), (2, E_s)
             cloud = torch.arange(B, device=device).repeat_interleave(P)  # (B*P,) cloud id
             terms.update(distill_terms(args, f_s, logits, ei_s, out_t, cloud, regressor))
@@ -113,9 +150,12 @@ def train_epoch(model, ds, args, opt, gen, device, teacher=None, regressor=None)
     return epoch_means(history)
 
 
-def train(model, ds, args, device, log, epochs, seed, teacher=None):
+def train(model, ds, args, device, log, epochs, seed, teacher=None, sigma_t=None,
+          structure=None):
     """SGD with cosine annealing and label smoothing for `epochs`, the batches drawn from
-    `seed`; returns {epoch, best_val, s_per_epoch, peak_mb, memory} of the last epoch."""
+    `seed` (teacher: distil from it, its σ sigma_t under --sigma auto); structure() ->
+    metrics is logged after the epochs of STRUCTURE_EPOCHS. Returns {epoch, best_val,
+    s_per_epoch, peak_mb, memory, structure_by_epoch} of the last epoch."""
     # NOTE: the paper gives only SGD, lr 0.1, momentum 0.9 and 250 epochs; here the rest as
     # DGCNN's code (cosine to 1e-3, weight decay 1e-4, label smoothing 0.2, batch 32),
     # because the paper builds on DGCNN.
@@ -127,18 +167,24 @@ def train(model, ds, args, device, log, epochs, seed, teacher=None):
     opt = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs, eta_min=args.lr_min)
     gen = torch.Generator().manual_seed(seed)
-    meter = Meter(device)
+    meter, by_epoch, sigmas = Meter(device), {}, []
     for epoch in range(epochs):
         t0 = time.time()
         meter.start()  # one "iteration" of the meter = one epoch here, as in Table 4
-        means = train_epoch(model, ds, args, opt, gen, device, teacher, regressor)
+        means = train_epoch(model, ds, args, opt, gen, device, teacher, regressor, sigma_t)
         sched.step()
         meter.stop()
+        if "sigma_s" in means:  # --sigma auto: the student's σ, mean over the epoch's steps
+            sigmas.append(means["sigma_s"])
         cols = " | ".join(f"{k} {v:.4f}" for k, v in means.items())
         log(f"epoch {epoch:03d} | {cols} | lr {sched.get_last_lr()[0]:.4f} | "
             f"{time.time() - t0:.1f}s")
+        if structure is not None and epoch + 1 in STRUCTURE_EPOCHS:
+            by_epoch[epoch + 1] = structure()
+            log_structure(log, f"structure after epoch {epoch + 1}", by_epoch[epoch + 1])
     return {"epoch": epochs - 1, "best_val": None, "s_per_epoch": meter.s_per_iter(),
-            "peak_mb": meter.peak_mb(), "memory": meter.memory}
+            "peak_mb": meter.peak_mb(), "memory": meter.memory, "structure_by_epoch": by_epoch,
+            "sigma_s_by_epoch": sigmas}
 
 
 # ----------------------------------------------------------------------------------------
@@ -226,6 +272,8 @@ def get_args(argv=None):
             args.num_points = min(args.num_points, 128)
     if args.lsp_weight < 0:
         p.error(f"--lsp-weight must be >= 0, got {args.lsp_weight}")
+    if args.sigma == "auto" and args.kernel != "rbf":
+        p.error(f"--sigma auto is the RBF kernel's bandwidth; --kernel is {args.kernel}")
     if not 0 < args.k_s < args.num_points:
         p.error(f"the student's k = {args.k_s} must be in [1, --num-points = {args.num_points})")
     return args
@@ -281,9 +329,12 @@ def train_student(args, ds, teacher, device, log):
     log(f"{method_name(args)}: teacher {num_params(teacher):,} params (k={teacher.k}), student "
         f"{num_params(student):,} params (k={args.k_s}, EdgeConv "
         f"{[c.fc.out_features for c in student.convs]})")
+    sigma_t, offered = probe_teacher(args, ds, student, teacher, device, log)
     distill = args.lsp or args.kd or args.at or args.fitnet
-    return student, train(student, ds, args, device, log, args.epochs, args.seed,
-                          teacher if distill else None)
+    fit = train(student, ds, args, device, log, args.epochs, args.seed,
+                teacher if distill else None, sigma_t,
+                lambda: test_structure(student, teacher, ds, args, device))
+    return student, {**fit, "teacher_structure": offered}
 
 
 def report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit):
@@ -292,18 +343,23 @@ def report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit):
     # NOTE: the paper does not say which epoch it reports; here the last epoch's, as DGCNN,
     # because the release has no validation split and the best test epoch would be chosen on
     # the test set.
-    acc, macc, ls_kl = evaluate(student, ds, args, device, teacher=teacher)
-    t_acc, t_macc, _ = evaluate(teacher, ds, args, device)
+    acc, macc = evaluate(student, ds, args, device)
+    t_acc, t_macc = evaluate(teacher, ds, args, device)
+    structure = test_structure(student, teacher, ds, args, device)
     log(f"last epoch: test acc {acc:.4f}, mean class acc {macc:.4f} (over the classes present "
         f"in the test set); teacher {t_acc:.4f} / {t_macc:.4f}")
-    log(f"local-structure KL to the teacher on the test clouds over the union graph "
-        f"(Eq. 5-6, RBF): {ls_kl:.3e}")
+    log_structure(log, "local structure on the test clouds over the union graph, last epoch "
+                  "(Eq. 5-6, RBF)", structure)
+    atomic_save({"model": student.state_dict(), "args": vars(args), "epoch": fit["epoch"],
+                 "best_val": None}, os.path.join(args.out_dir, f"student_{run}.pt"))
     batches = itertools.islice(data.pointcloud_batches(
         ds["test_points"], ds["test_labels"], TEST_BATCH, args.num_points), 3)
     clouds = [((pts.to(device),), len(pts)) for pts, _ in batches]  # per cloud, 3 batches
     method, t = method_name(args), cost_of(teacher, clouds, 1, ckpt, "epoch")
     res = {"method": method, "data": data_name, **cost_of(student, clouds, 1, fit, "epoch"),
-           "acc": acc, "macc": macc, "ls_kl": ls_kl,
+           "acc": acc, "macc": macc, **structure, "structure_by_epoch": fit["structure_by_epoch"],
+           "sigma_s_by_epoch": fit["sigma_s_by_epoch"],
+           "teacher_structure": fit["teacher_structure"],
            "teacher": {**t, "acc": t_acc, "macc": t_macc}, "device": str(device)}
     results = save_results(args, run, res)
     log(f"{'Model':<26} {'Params':>7} {'RunTime':>9} {'Training (s/ep / mem)':>19} "
@@ -318,7 +374,7 @@ def report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit):
 def main(argv=None):
     args = get_args(argv)
     if args.summarize:
-        summarize(args.summarize, ["acc", "macc", "ls_kl"])
+        summarize(args.summarize, ["acc", "macc"])
         return
     device = pick_device(args.device)
     ds, data_name = load_data(args)

@@ -12,6 +12,7 @@ Model selection on the validation graphs; the test micro-F1 reported is the one 
 best-validation epoch. Dimensions: N nodes, E edges, F features, C = 121 labels.
 """
 import itertools
+import os
 import sys
 import time
 
@@ -22,11 +23,12 @@ import torch.nn.functional as F
 
 import data
 import lsp_kd
-from experiment import (Meter, TeacherOutput, add_distill_args, add_run_args, add_teacher_args,
-                        cost_of, distill_terms, epoch_means, given_flags, kernel_kwargs,
-                        kernel_label, load_or_train_teacher, open_run_log, paper_cells,
-                        parser_for, pick_device, save_results, set_seed, summarize,
-                        total_loss)
+from experiment import (STRUCTURE_EPOCHS, Meter, TeacherOutput, add_distill_args, add_run_args,
+                        add_teacher_args, atomic_save, cost_of, distill_terms, epoch_means,
+                        given_flags, kernel_kwargs, kernel_label, load_or_train_teacher,
+                        log_structure, open_run_log, paper_cells, parser_for, pick_device,
+                        save_results, set_seed, structure_metrics, summarize,
+                        teacher_structure, total_loss)
 from models import gat_student, gat_teacher, num_params
 
 # NOTE: the paper's LSP is Eq. (3)-(7) with RBF, λ = 100, in every epoch; the official code
@@ -61,20 +63,27 @@ def evaluate(model, graphs, device):
 
 
 @torch.no_grad()
-def teacher_outputs(teacher, graphs, args, device):
+def teacher_outputs(teacher, graphs, args, device, sigma_t=None):
     """What the frozen teacher offers the losses, computed once per graph (the graphs are
     fixed): a TeacherOutput(feat (N, F_t), logits (N, C), log_ls = log LS^t of Eq. (3), (E,),
-    or None without --lsp) per graph."""
+    or None without --lsp, sigma) per graph. With --sigma auto the teacher's σ is sigma_t,
+    or when None the median distance between neighbours over all these graphs' edges."""
     teacher.eval()
-    outs = []
+    runs = []
     for g in graphs:
         ei = g.edge_index.to(device)
         feats, logits = teacher(g.x.to(device), ei, return_feats=True)
-        feat_t = feats[args.lsp_layer_t]
-        log_ls = (lsp_kd.log_local_structure(feat_t, ei, args.kernel, **kernel_kwargs(args))
-                  if args.lsp else None)
-        outs.append(TeacherOutput(feat_t, logits, log_ls=log_ls))
-    return outs
+        runs.append((feats[args.lsp_layer_t], logits, ei))             # (N, F_t), (N, C), (2, E)
+    kw = kernel_kwargs(args)
+    if kw.get("sigma") == "auto":
+        if sigma_t is None:  # one σ over all the graphs: their features and edges stacked
+            offsets = np.cumsum([0] + [f.size(0) for f, _, _ in runs[:-1]])
+            sigma_t = lsp_kd.median_sigma(torch.cat([f for f, _, _ in runs]),
+                                          torch.cat([ei + int(o) for (_, _, ei), o
+                                                     in zip(runs, offsets)], 1))
+        kw["sigma"] = sigma_t
+    return [TeacherOutput(f, logits, log_ls=lsp_kd.log_local_structure(f, ei, args.kernel, **kw)
+                          if args.lsp else None, sigma=sigma_t) for f, logits, ei in runs]
 
 
 def batch_of(outs, idx):
@@ -86,16 +95,17 @@ def batch_of(outs, idx):
 
 
 @torch.no_grad()
-def kl_to_teacher(student, layer_s, graphs, outs_t, device):
-    """Mean over graphs of L_LSP (Eq. 5-6, RBF σ = 1) between the student's and the teacher's
-    local structures: how far the student is from the teacher's structure (Fig. 1)."""
+def test_structure(student, layer_s, graphs, outs_t, device):
+    """structure_metrics between the student's layer and the teacher's on the test graphs:
+    how far the student is from the teacher's structure (Fig. 1)."""
     student.eval()
-    kls = []
-    for g, out_t in zip(graphs, outs_t):
-        ei = g.edge_index.to(device)
-        feats_s, _ = student(g.x.to(device), ei, return_feats=True)
-        kls.append(lsp_kd.lsp_loss_fast(feats_s[layer_s], out_t.feat, ei, kernel="rbf").item())
-    return float(np.mean(kls))
+
+    def triples():
+        for g, out_t in zip(graphs, outs_t):
+            ei = g.edge_index.to(device)
+            feats_s, _ = student(g.x.to(device), ei, return_feats=True)
+            yield feats_s[layer_s], out_t.feat, ei
+    return structure_metrics(triples())
 
 
 # ----------------------------------------------------------------------------------------
@@ -128,11 +138,11 @@ def train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t=None, regressor=
     return epoch_means(history)
 
 
-def train(model, ds, args, device, log, epochs, seed, outs_t=None):
+def train(model, ds, args, device, log, epochs, seed, outs_t=None, structure=None):
     """Train `model` (the teacher, or with the teacher's outputs outs_t the student) for
-    `epochs`, the batch order drawn from `seed`; returns
-    {best_val, epoch, s_per_iter, peak_mb, memory}, the model left holding the weights of its
-    best-validation epoch."""
+    `epochs`, the batch order drawn from `seed`; structure() -> metrics is logged after the
+    epochs of STRUCTURE_EPOCHS. Returns {best_val, epoch, s_per_iter, peak_mb, memory,
+    structure_by_epoch}, the model left holding the weights of its best-validation epoch."""
     regressor = None
     if outs_t is not None and args.fitnet:  # FitNet's learned regressor F_s -> F_t
         hidden = model.layers[:-1][args.lsp_layer_s]  # the hidden layer LSP/AT/FitNet use
@@ -142,7 +152,7 @@ def train(model, ds, args, device, log, epochs, seed, outs_t=None):
     opt = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     meter = Meter(device)
-    best_val, best_epoch, best_state = -1.0, -1, None
+    best_val, best_epoch, best_state, by_epoch, sigmas = -1.0, -1, None, {}, []
     for epoch in range(epochs):
         t0 = time.time()
         means = train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t, regressor)
@@ -153,11 +163,17 @@ def train(model, ds, args, device, log, epochs, seed, outs_t=None):
         if val > best_val:
             best_val, best_epoch = val, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if "sigma_s" in means:  # --sigma auto: the student's σ, mean over the epoch's steps
+            sigmas.append(means["sigma_s"])
         cols = " | ".join(f"{k} {v:.4f}" for k, v in means.items())
         log(f"epoch {epoch:03d} | {cols} | val f1 {val:.4f} | {time.time() - t0:.1f}s")
+        if structure is not None and epoch + 1 in STRUCTURE_EPOCHS:
+            by_epoch[epoch + 1] = structure()
+            log_structure(log, f"structure after epoch {epoch + 1}", by_epoch[epoch + 1])
     model.load_state_dict(best_state)
     return {"best_val": best_val, "epoch": best_epoch, "s_per_iter": meter.s_per_iter(),
-            "peak_mb": meter.peak_mb(), "memory": meter.memory}
+            "peak_mb": meter.peak_mb(), "memory": meter.memory, "structure_by_epoch": by_epoch,
+            "sigma_s_by_epoch": sigmas}
 
 
 # ----------------------------------------------------------------------------------------
@@ -180,7 +196,7 @@ def paper_row(args):
 
 def table_row(model, cost, f1):
     """One row of Table 2 from a cost_of dict and the test micro-F1."""
-    return (f"{model:<24} {cost['params'] / 1e6:>6.3f}M {cost['runtime_ms']:>8.1f}ms "
+    return (f"{model:<27} {cost['params'] / 1e6:>6.3f}M {cost['runtime_ms']:>8.1f}ms "
             f"{cost['train_s_per_iter']:>7.3f}s / {cost['peak_mem_mb'] / 1024:.2f}G "
             f"{100 * f1:>7.2f}")
 
@@ -231,6 +247,8 @@ def get_args(argv=None):
         vars(args).update(OFFICIAL)
     if args.lsp_weight < 0:
         p.error(f"--lsp-weight must be >= 0, got {args.lsp_weight}")
+    if args.sigma == "auto" and args.kernel != "rbf":
+        p.error(f"--sigma auto is the RBF kernel's bandwidth; --kernel is {args.kernel}")
     if args.scale <= 0 or min(args.epochs, args.teacher_epochs) < 1:
         p.error(f"need --scale > 0 (got {args.scale}) and at least 1 epoch")
     if args.dry_run:
@@ -270,7 +288,8 @@ def get_teacher(args, ds, data_name, device, log):
 
 
 def train_student(args, ds, teacher, outs_t, device, log):
-    """The student of Table 2, trained with what args asks for; -> (student, train's dict)."""
+    """The student of Table 2, trained with what args asks for; outs_t: the teacher's outputs
+    on the train and test graphs. -> (student, train's dict)."""
     set_seed(args.seed)
     student = gat_student().to(device)
     if not -len(student.layers) < args.lsp_layer_s < len(student.layers) - 1:
@@ -280,25 +299,34 @@ def train_student(args, ds, teacher, outs_t, device, log):
         f"student {num_params(student):,}")
     distill = args.lsp or args.kd or args.at or args.fitnet
     return student, train(student, ds, args, device, log, args.epochs, args.seed,
-                          outs_t if distill else None)
+                          outs_t["train"] if distill else None,
+                          lambda: test_structure(student, args.lsp_layer_s, ds["test"],
+                                                 outs_t["test"], device))
 
 
-def report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit, outs_test):
-    """Test the student and the teacher, save results_<run>.json and args_<run>.json, and
-    print a row in the columns of Table 2."""
+def report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit, outs_test,
+           offered):
+    """Test the student and the teacher, save the student's checkpoint, results_<run>.json
+    and args_<run>.json, and print a row in the columns of Table 2."""
     test_f1 = evaluate(student, ds["test"], device)
     teacher_f1 = evaluate(teacher, ds["test"], device)
-    ls_kl = kl_to_teacher(student, args.lsp_layer_s, ds["test"], outs_test, device)
+    structure = test_structure(student, args.lsp_layer_s, ds["test"], outs_test, device)
     log(f"test micro-F1 {test_f1:.4f} at the best-validation epoch {fit['epoch']} "
         f"(val f1 {fit['best_val']:.4f}); teacher test micro-F1 {teacher_f1:.4f}")
-    log(f"local-structure KL to the teacher on the test graphs (Eq. 5-6, RBF): {ls_kl:.3e}")
+    log_structure(log, "local structure on the test graphs, best-validation epoch (Eq. 5-6, "
+                  "RBF)", structure)
+    atomic_save({"model": student.state_dict(), "args": vars(args), "epoch": fit["epoch"],
+                 "best_val": fit["best_val"]}, os.path.join(args.out_dir, f"student_{run}.pt"))
     graphs = [((g.x.to(device), g.edge_index.to(device)), 1) for g in ds["test"]]  # per graph
     method, t = method_name(args), cost_of(teacher, graphs, 3, ckpt, "iter")
     res = {"method": method, "data": data_name, **cost_of(student, graphs, 3, fit, "iter"),
            "best_epoch": fit["epoch"], "val_f1": fit["best_val"], "test_f1": test_f1,
-           "ls_kl": ls_kl, "teacher": {**t, "test_f1": teacher_f1}, "device": str(device)}
+           **structure, "structure_by_epoch": fit["structure_by_epoch"],
+           "sigma_s_by_epoch": fit["sigma_s_by_epoch"],
+           "teacher_structure": offered, "teacher": {**t, "test_f1": teacher_f1},
+           "device": str(device)}
     results = save_results(args, run, res)
-    log(f"{'Model':<24} {'Params':>7} {'RunTime':>10} {'Training (s/iter / mem)':>19} "
+    log(f"{'Model':<27} {'Params':>7} {'RunTime':>10} {'Training (s/iter / mem)':>19} "
         f"{'F1':>7}   | paper (real PPI, 1080Ti)")
     if t["train_s_per_iter"] is not None:
         log(table_row("Teacher", t, teacher_f1) + "   | " + paper_cells("ppi", "teacher"))
@@ -310,7 +338,7 @@ def report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit, o
 def main(argv=None):
     args = get_args(argv)
     if args.summarize:
-        summarize(args.summarize, ["test_f1", "ls_kl"])
+        summarize(args.summarize, ["test_f1"])
         return
     device = pick_device(args.device)
     ds, data_name = load_data(args)
@@ -320,9 +348,16 @@ def main(argv=None):
                                          f"{sum(g.x.size(0) for g in ds[s])} nodes"
                                          for s in ("train", "valid", "test")) + f" | {device}")
     teacher, ckpt = get_teacher(args, ds, data_name, device, log)
-    outs_t = {s: teacher_outputs(teacher, ds[s], args, device) for s in ("train", "test")}
-    student, fit = train_student(args, ds, teacher, outs_t["train"], device, log)
-    report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit, outs_t["test"])
+    outs_t = {"train": teacher_outputs(teacher, ds["train"], args, device)}
+    outs_t["test"] = teacher_outputs(teacher, ds["test"], args, device, outs_t["train"][0].sigma)
+    offered = None  # how much structure the teacher offers LSP, on the training graphs
+    if args.lsp:
+        offered = teacher_structure(args, [(o.feat, g.edge_index.to(device)) for g, o
+                                           in zip(ds["train"], outs_t["train"])],
+                                    outs_t["train"][0].sigma, log)
+    student, fit = train_student(args, ds, teacher, outs_t, device, log)
+    report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit, outs_t["test"],
+           offered)
 
 
 if __name__ == "__main__":

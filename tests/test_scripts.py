@@ -290,3 +290,66 @@ def test_paper_cells():
     assert experiment.paper_cells("ppi", None) == "- - - -"
     assert experiment.paper_cells("modelnet", "lsp_l2") == "0.1M - - 91.4 88.3"
     assert experiment.paper_cells("modelnet", None) == "- - - - -"
+
+
+# ----------------------------------------------------------------------------------------
+# Is the LSP term alive: the teacher's structure checked, --sigma auto, structure metrics
+
+@pytest.mark.parametrize("script, dead_sigma", [("train_ppi.py", "1"),
+                                                ("train_modelnet.py", "0.001")])
+def test_inert_lsp_warns_and_sigma_auto_does_not(tmp_path, script, dead_sigma):
+    dead = run(script, "--data", "synthetic", "--dry-run", "--lsp", "--sigma", dead_sigma,
+               "--out-dir", str(tmp_path / "dead"))
+    assert dead.returncode == 0, dead.stderr
+    warnings = [line for line in dead.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "rbf" in warnings[0] and "--sigma auto" in warnings[0]
+    assert "Student_Full" in warnings[0] and "Traceback" not in dead.stderr
+    _, res = results(tmp_path / "dead")
+    assert res["teacher_structure"]["kl_from_uniform"] < 1e-4
+
+    alive = run(script, "--data", "synthetic", "--dry-run", "--lsp", "--sigma", "auto",
+                "--out-dir", str(tmp_path / "alive"))
+    assert alive.returncode == 0, alive.stderr
+    assert "warning:" not in alive.stderr
+    name, res = results(tmp_path / "alive")
+    assert "sigmaauto" in res["method"]
+    offered = res["teacher_structure"]
+    assert offered["kl_from_uniform"] > 1e-4 and offered["sigma"] > 0
+    assert len(res["sigma_s_by_epoch"]) == 1 and res["sigma_s_by_epoch"][0] > 0
+    assert f"sigma_s {res['sigma_s_by_epoch'][0]:.4f}" in alive.stdout
+    assert f"{offered['sigma']:.4g} (auto)" in alive.stdout
+    # the structure metrics after epoch 1 and at the end, and the student's checkpoint
+    for metrics in (res, res["structure_by_epoch"]["1"]):
+        assert metrics["ls_kl"] >= 0 and metrics["ls_kl_auto"] > 0
+        assert -1 <= metrics["rank_corr"] <= 1
+    student = tmp_path / "alive" / name.replace("results_", "student_").replace(".json", ".pt")
+    ckpt = torch.load(student, weights_only=False)
+    assert set(ckpt) >= {"model", "args", "epoch"}
+    summary = run(script, "--summarize", str(tmp_path / "alive"))
+    assert summary.returncode == 0, summary.stderr
+    assert "rank_corr" in summary.stdout and "after epoch" in summary.stdout
+
+
+def test_sigma_flag_refuses_nonsense(tmp_path):
+    for bad in ("0", "-1", "nan", "big"):
+        p = run("train_ppi.py", "--data", "synthetic", "--dry-run", "--sigma", bad,
+                "--out-dir", str(tmp_path))
+        assert p.returncode != 0 and "--sigma" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_teacher_structure_warns_only_when_uniform():
+    import argparse
+    import lsp_kd
+    from experiment import teacher_structure
+    g = torch.Generator().manual_seed(0)
+    ei = torch.randint(0, 200, (2, 3000), generator=g)
+    feat = 100 * torch.randn(200, 32, generator=g)             # neighbours ~800 apart
+    for sigma, warned in ((1.0, True), ("auto", False)):
+        args = argparse.Namespace(kernel="rbf", sigma=sigma, degree=2, c=0.0)
+        sigma_t = lsp_kd.median_sigma(feat, ei) if sigma == "auto" else None
+        lines = []
+        out = teacher_structure(args, [(feat, ei)], sigma_t,
+                                lambda msg, warning=False: lines.append((msg, warning)))
+        assert any(w for _, w in lines) == warned
+        assert (out["kl_from_uniform"] < 1e-4) == warned
+        assert out["saturated_share"] == (1.0 if warned else 0.0)
