@@ -290,20 +290,23 @@ def distill_terms(args, feat_s, logits_s, edge_index, teacher, batch, regressor=
     if args.lsp and with_lsp:
         if teacher.edge_index is not None:  # Sec. 3.5: both structures over E^u = E^s ∪ E^t
             edge_index = lsp_kd.union_graph(edge_index, teacher.edge_index, feat_s.size(0))
-        kw, log_ls_t = kernel_kwargs(args), teacher.log_ls
-        if kw.get("sigma") == "auto":
+        if args.kernel == "rbf" and args.sigma == "auto":
             # NOTE: the paper's σ is 1; here each model's median distance between neighbours,
             # the student's from its current features (detached) at every step, because σ = 1
             # leaves no structure once features lie far apart (README: Is my LSP term alive?)
-            kw["sigma"] = lsp_kd.median_sigma(feat_s.detach(), edge_index)
-            terms["sigma_s"] = torch.tensor(kw["sigma"])    # logged per epoch; not a loss
+            log_ls_s, sigma_s = lsp_kd.rbf_log_local_structure(feat_s, edge_index, "auto")
+            log_ls_t = teacher.log_ls
             if log_ls_t is None:
                 with torch.no_grad():
-                    log_ls_t = lsp_kd.log_local_structure(teacher.feat, edge_index,
-                                                          args.kernel, sigma=teacher.sigma)
-        terms["lsp"] = lsp_kd.lsp_loss_fast(feat_s, teacher.feat, edge_index, args.kernel,
-                                            teacher_first=args.teacher_first,
-                                            log_ls_t=log_ls_t, **kw)
+                    log_ls_t = lsp_kd.log_local_structure(teacher.feat, edge_index, "rbf",
+                                                          sigma=teacher.sigma)
+            terms["sigma_s"] = torch.tensor(sigma_s)        # logged per epoch; not a loss
+            terms["lsp"] = lsp_kd.local_structure_kl(log_ls_s, log_ls_t, edge_index,
+                                                     feat_s.size(0), args.teacher_first)
+        else:
+            terms["lsp"] = lsp_kd.lsp_loss_fast(feat_s, teacher.feat, edge_index, args.kernel,
+                                                teacher_first=args.teacher_first,
+                                                log_ls_t=teacher.log_ls, **kernel_kwargs(args))
     if args.at:
         terms["at"] = lsp_kd.at_loss(feat_s, teacher.feat, batch)
     if args.fitnet:

@@ -177,12 +177,12 @@ def per_edge(fn, feat, edge_index):
     return torch.cat([block(e) for e in starts])
 
 
-def log_local_structure(feat, edge_index, kernel="rbf", num_nodes=None, **kernel_kwargs):
-    """log LS_ij of Eq. (3) for every edge (j, i); see local_structure. Returns (E,).
-    kernel_kwargs: sigma (a number, or "auto" for median_sigma(feat, edge_index)), degree,
-    c, scale."""
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; known kernels: {', '.join(KERNELS)}")
+def _squared_distance(z_i, z_j):
+    return (z_i - z_j).pow(2).sum(-1)                         # ||z_i - z_j||², (e,)
+
+
+def _checked(feat, edge_index, num_nodes):
+    """Validate; -> (feat, in float32 if it was half precision, N)."""
     N = feat.size(0) if num_nodes is None else num_nodes
     if feat.dim() != 2 or feat.size(0) < N:
         raise ValueError(f"feat must have shape (N, F) with N >= num_nodes = {N}, got "
@@ -190,18 +190,44 @@ def log_local_structure(feat, edge_index, kernel="rbf", num_nodes=None, **kernel
     _check_graph(edge_index, N)
     if feat.dtype in (torch.float16, torch.bfloat16):
         feat = feat.float()  # half precision overflows in the kernels: work in float32
-    if kernel_kwargs.get("sigma") == "auto":  # NOTE: not the paper's σ = 1; see lsp_loss
-        kernel_kwargs = {**kernel_kwargs, "sigma": median_sigma(feat, edge_index)}
-    sim = per_edge(lambda z_i, z_j: KERNELS[kernel](z_i, z_j, **kernel_kwargs),
-                   feat, edge_index)                          # SIM per edge, (E,)
-    dst = edge_index[1]
-    # Eq. (3): LS_ij = exp(SIM_ij) / Σ_{j':(j',i)∈E} exp(SIM_ij'), done as a log-softmax
-    # grouped by the centre i; subtracting each group's max keeps exp() finite.
-    # (the max is detached: the softmax does not depend on it, so the gradient is exact)
+    return feat, N
+
+
+def _grouped_log_softmax(sim, dst, N):
+    """Eq. (3): LS_ij = exp(SIM_ij) / Σ_{j':(j',i)∈E} exp(SIM_ij'), done as a log-softmax
+    grouped by the centre i; subtracting each group's max keeps exp() finite (the max is
+    detached: the softmax does not depend on it, so the gradient is exact). (E,) -> (E,)"""
     group_max = sim.new_zeros(N).scatter_reduce_(0, dst, sim.detach(), "amax", include_self=False)
     shifted = sim - group_max[dst]                            # (E,) all <= 0
     group_sum = sim.new_zeros(N).index_add_(0, dst, shifted.exp())  # (N,) each >= 1 if used
     return shifted - group_sum.log()[dst]                     # (E,)
+
+
+def log_local_structure(feat, edge_index, kernel="rbf", num_nodes=None, **kernel_kwargs):
+    """log LS_ij of Eq. (3) for every edge (j, i); see local_structure. Returns (E,).
+    kernel_kwargs: sigma (a number, or "auto" for median_sigma(feat, edge_index)), degree,
+    c, scale."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; known kernels: {', '.join(KERNELS)}")
+    if kernel == "rbf":
+        return rbf_log_local_structure(feat, edge_index, kernel_kwargs.get("sigma", 1.0),
+                                       num_nodes)[0]
+    feat, N = _checked(feat, edge_index, num_nodes)
+    sim = per_edge(lambda z_i, z_j: KERNELS[kernel](z_i, z_j, **kernel_kwargs),
+                   feat, edge_index)                          # SIM per edge, (E,)
+    return _grouped_log_softmax(sim, edge_index[1], N)
+
+
+def rbf_log_local_structure(feat, edge_index, sigma=1.0, num_nodes=None):
+    """log LS_ij of Eq. (3) with the RBF kernel of Eq. (8), and the σ it used: with
+    sigma="auto" the median over the edges of ||z_i - z_j|| (median_sigma), taken from the
+    same squared distances, so that it costs one median more. -> ((E,), σ as a float)."""
+    feat, N = _checked(feat, edge_index, num_nodes)
+    dist2 = per_edge(_squared_distance, feat, edge_index)    # ||z_i - z_j||², (E,)
+    if sigma == "auto":  # NOTE: not the paper's σ = 1; see lsp_loss
+        sigma = _median_sigma(dist2)
+    sim = torch.exp(-dist2 / (2 * sigma ** 2))                # SIM, Eq. (8): (E,)
+    return _grouped_log_softmax(sim, edge_index[1], N), sigma
 
 
 def local_structure(feat, edge_index, kernel="rbf", num_nodes=None, **kernel_kwargs):
@@ -256,16 +282,18 @@ def lsp_loss_fast(feat_s, feat_t, edge_index, kernel="rbf", num_nodes=None,
 # ----------------------------------------------------------------------------------------
 # Is the LSP term alive? Diagnostics, and a structure metric that cannot saturate
 
+def _median_sigma(dist2):
+    """σ = the median of ||z_i - z_j|| from the squared distances (E,) (the lower median for
+    an even count, as torch.median; median of d² = (median d)²), at least 1e-12; 1 for E = 0."""
+    return max(dist2.detach().median().sqrt().item(), 1e-12) if dist2.numel() else 1.0
+
+
 @torch.no_grad()
 def median_sigma(feat, edge_index):
     """The median heuristic for an RBF bandwidth: the median over the edges of ||z_i - z_j||
     (the lower median for an even count, as torch.median), at least 1e-12. A float."""
-    if edge_index.size(1) == 0:
-        return 1.0
-    if feat.dtype in (torch.float16, torch.bfloat16):
-        feat = feat.float()
-    dist2 = per_edge(lambda z_i, z_j: (z_i - z_j).pow(2).sum(-1), feat, edge_index)  # (E,)
-    return max(dist2.median().sqrt().item(), 1e-12)           # median of d² = (median d)²
+    feat, _ = _checked(feat, edge_index, None)
+    return _median_sigma(per_edge(_squared_distance, feat, edge_index))
 
 
 def kl_from_uniform(log_ls, edge_index, num_nodes):
