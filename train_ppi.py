@@ -243,6 +243,10 @@ def get_args(argv=None):
         if clash:
             p.error(f"--official cannot be combined with {', '.join(clash)}: it sets them to "
                     "the official code's values")
+        unused = [f"--{k}" for k in ("sigma", "degree", "c") if k in given]
+        if unused:
+            p.error(f"{', '.join(unused)} would do nothing with --official: its kernel is "
+                    "the official code's L1 similarity")
         args.lsp = True
         vars(args).update(OFFICIAL)
     if args.lsp_weight < 0:

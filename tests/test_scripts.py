@@ -211,7 +211,8 @@ def test_every_flag_has_a_help_that_shows_its_default(module):
 
 @pytest.mark.parametrize("flags", [["--kernel", "rbf"], ["--lsp-weight", "100"],
                                    ["--lsp-epochs", "30"], ["--lsp-layer-s", "-1"],
-                                   ["--teacher-first"]])
+                                   ["--teacher-first"], ["--sigma", "auto"], ["--degree", "3"],
+                                   ["--c", "1"]])
 def test_official_refuses_the_flags_it_sets(flags, capsys):
     with pytest.raises(SystemExit) as err:  # even at its own or at the paper's value
         train_ppi.get_args(["--official", *flags])
