@@ -247,7 +247,8 @@ def bench_modelnet(args, device, measure):
     labels = torch.randint(0, 40, (B,), generator=gen).to(device)    # (B,)
     cloud = torch.arange(B, device=device).repeat_interleave(P)     # (B*P,) cloud id
     teacher = models.dgcnn_teacher().to(device).eval().requires_grad_(False)
-    with torch.no_grad():  # --sigma auto: the teacher's σ, once (train_modelnet.py: 4 batches)
+    with torch.no_grad():  # --sigma auto: the teacher's σ once, here over its own kNN graph
+        # (train_modelnet.py: over 4 batches' union graphs; the cost of a step is the same)
         sigma_t = lsp_kd.median_sigma(*teacher.edge_features(pts)[-1])
 
     def build(method):

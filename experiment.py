@@ -137,14 +137,14 @@ def summarize(out_dir, keys):
     keys = keys + ["ls_kl", "ls_kl_auto", "rank_corr"]
     print(f"{'method':<28} {'seeds':>5} " + " ".join(f"{k:>17}" for k in keys))
     for method, runs in runs_of.items():
-        print(f"{method:<28} {len(runs):>5} "
-              + " ".join(f"{mean_std([r[k] for r in runs]):>17}" for k in keys))
+        print(f"{method:<28} {len(runs):>5} "  # nan: results written before a metric existed
+              + " ".join(f"{mean_std([r.get(k, np.nan) for r in runs]):>17}" for k in keys))
     for method, runs in runs_of.items():
         print(f"\n{method}: structure on the test data after epoch ({len(runs)} seeds)")
         print(f"{'epoch':>5} " + " ".join(f"{k:>21}" for k in keys[-3:]))
-        for epoch in sorted({int(e) for r in runs for e in r["structure_by_epoch"]}):
-            at = [r["structure_by_epoch"][str(epoch)] for r in runs
-                  if str(epoch) in r["structure_by_epoch"]]
+        by_epoch = [r.get("structure_by_epoch", {}) for r in runs]
+        for epoch in sorted({int(e) for b in by_epoch for e in b}):
+            at = [b[str(epoch)] for b in by_epoch if str(epoch) in b]
             print(f"{epoch:>5} " + " ".join(f"{mean_std([m[k] for m in at]):>21}"
                                             for k in keys[-3:]))
 
@@ -261,6 +261,14 @@ def add_distill_args(p):
     p.add_argument("--fitnet-weight", type=float, default=1.0, help="weight of the FitNet term")
 
 
+def check_kernel_flags(parser, args, given):
+    """Refuse kernel hyper-parameters that args.kernel would ignore (given: given_flags)."""
+    owner = {"sigma": "rbf", "degree": "poly", "c": "poly"}
+    unused = [f"--{k}" for k, kernel in owner.items() if k in given and args.kernel != kernel]
+    if unused:
+        parser.error(f"{', '.join(unused)} would do nothing with --kernel {args.kernel}")
+
+
 def kernel_kwargs(args):
     """The hyper-parameters of --kernel, as keyword arguments of lsp_kd's kernels."""
     return {"rbf": {"sigma": args.sigma}, "poly": {"degree": args.degree, "c": args.c}
@@ -296,13 +304,14 @@ def distill_terms(args, feat_s, logits_s, edge_index, teacher, batch, regressor=
             # leaves no structure once features lie far apart (README: Is my LSP term alive?)
             log_ls_s, sigma_s = lsp_kd.rbf_log_local_structure(feat_s, edge_index, "auto")
             log_ls_t = teacher.log_ls
-            if log_ls_t is None:
+            if log_ls_t is None:  # σ_t: fixed once by the script (None: this graph's median)
                 with torch.no_grad():
-                    log_ls_t = lsp_kd.log_local_structure(teacher.feat, edge_index, "rbf",
-                                                          sigma=teacher.sigma)
-            terms["sigma_s"] = torch.tensor(sigma_s)        # logged per epoch; not a loss
+                    log_ls_t = lsp_kd.log_local_structure(
+                        teacher.feat, edge_index, "rbf",
+                        sigma="auto" if teacher.sigma is None else teacher.sigma)
             terms["lsp"] = lsp_kd.local_structure_kl(log_ls_s, log_ls_t, edge_index,
                                                      feat_s.size(0), args.teacher_first)
+            terms["sigma_s"] = torch.tensor(sigma_s)        # logged per epoch; not a loss
         else:
             terms["lsp"] = lsp_kd.lsp_loss_fast(feat_s, teacher.feat, edge_index, args.kernel,
                                                 teacher_first=args.teacher_first,
@@ -336,9 +345,10 @@ def epoch_means(history):
 # Structure: how much of it the teacher offers, and how close the student's comes
 
 # The RBF kernel lies in [0, 1], so within a neighbourhood LS_ij can differ by a factor e at
-# most: even a strong structure holds ~0.1 nats (KL from uniform at degree 14). Below 1e-4
-# nats every LS_i^t is within about 1.5% of uniform (KL ≈ ½ d_i Σ_j (ΔLS_ij)²), so L_LSP and
-# its gradient are ~1e-4 of what the kernel allows: the student trains as Student_Full.
+# most: even a strong structure holds ~0.1 nats (KL from uniform at degree 14). At a mean
+# below 1e-4 nats the typical LS_i^t is within about 1.5% of uniform (KL ≈ ½ d_i Σ_j
+# (ΔLS_ij)²), so L_LSP and its gradient are ~1e-4 of what the kernel allows: the student
+# trains as Student_Full.
 UNIFORM_KL = 1e-4
 STRUCTURE_EPOCHS = (1, 5, 10, 20, 50, 100)  # Fig. 4's epochs: structure metrics after each
 

@@ -50,7 +50,8 @@ def lsp_loss(feat_s, feat_t, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0.
         feat_t: (N, F_t) teacher features; F_t may differ from F_s; never receives gradient.
         edge_index: (2, E) int64, column e = (j, i): an edge from neighbour j to centre i.
             For dynamic graphs pass the union of both models' graphs (Sec. 3.5).
-        kernel, sigma, degree, c: SIM and its hyper-parameters (the paper's defaults).
+        kernel, sigma, degree, c: SIM and its hyper-parameters (the paper's defaults);
+            sigma is the RBF kernel's alone, degree and c the polynomial kernel's.
         num_nodes: N, defaults to feat_s.size(0). Nodes without incoming edges add 0.
         teacher_first: KL(LS^t || LS^s), the official code's direction, instead of Eq. (5).
     Returns: a scalar >= 0 (float32 for half-precision input), 0 when the structures agree.
@@ -67,7 +68,7 @@ def lsp_loss(feat_s, feat_t, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0.
                          "(and l1_official, the official code's, in lsp_loss_fast)")
     src, dst = edge_index                                     # j, i: (E,) each
 
-    def log_local_structure(z):                               # log LS_ij per edge, (E,)
+    def log_structure(z):                                     # log LS_ij per edge, (E,)
         z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
         z_i, z_j = z[dst], z[src]                             # (E, F) each
         # 1. SIM(z_i, z_j) on every edge, Eq. (4) / (8)
@@ -88,9 +89,9 @@ def lsp_loss(feat_s, feat_t, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0.
         group_sum = shifted.new_zeros(N).index_add(0, dst, shifted.exp())  # (N,)
         return shifted - group_sum.log()[dst]                 # (E,)
 
-    log_ls_s = log_local_structure(feat_s)
+    log_ls_s = log_structure(feat_s)
     with torch.no_grad():
-        log_ls_t = log_local_structure(feat_t)                # the teacher is frozen
+        log_ls_t = log_structure(feat_t)                      # the teacher is frozen
     # 3. Eq. (5): S_i = Σ_j p_ij log(p_ij / q_ij), p = LS^s and q = LS^t (swapped if
     #    teacher_first); clamped at 0 only against float rounding (~-1e-10)
     log_p, log_q = (log_ls_t, log_ls_s) if teacher_first else (log_ls_s, log_ls_t)
@@ -331,7 +332,8 @@ def _ranks_in_groups(values, group):
     order = order[torch.argsort(group[order], stable=True)]  # by group, then by value
     g, v = group[order], values[order]                        # sorted, (E,) each
     pos = torch.arange(len(order), device=values.device, dtype=torch.float64)
-    first = torch.full_like(pos, float("inf")).scatter_reduce(  # first position per group
+    groups = int(g.max()) + 1 if len(g) else 0
+    first = pos.new_full((groups,), float("inf")).scatter_reduce(  # 1st position per group
         0, g, pos, "amin")[g]
     rank = pos - first + 1                                    # 1..d_i within each group
     new_run = torch.ones_like(g, dtype=torch.bool)            # a new run of ties starts

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 import data
 import lsp_kd
 from experiment import (STRUCTURE_EPOCHS, TEST_BATCH, Meter, TeacherOutput, add_distill_args,
-                        add_run_args, add_teacher_args, atomic_save, cost_of, distill_terms,
-                        epoch_means, kernel_kwargs, kernel_label, load_or_train_teacher,
-                        log_structure, open_run_log, paper_cells, parser_for, pick_device,
-                        save_results, set_seed, structure_metrics, summarize,
+                        add_run_args, add_teacher_args, atomic_save, check_kernel_flags, cost_of,
+                        distill_terms, given_flags, epoch_means, kernel_kwargs, kernel_label,
+                        load_or_train_teacher, log_structure, open_run_log, paper_cells, parser_for,
+                        pick_device, save_results, set_seed, structure_metrics, summarize,
                         teacher_structure, total_loss)
 from models import DGCNN, dgcnn_teacher, num_params
 
@@ -272,8 +272,7 @@ def get_args(argv=None):
             args.num_points = min(args.num_points, 128)
     if args.lsp_weight < 0:
         p.error(f"--lsp-weight must be >= 0, got {args.lsp_weight}")
-    if args.sigma == "auto" and args.kernel != "rbf":
-        p.error(f"--sigma auto is the RBF kernel's bandwidth; --kernel is {args.kernel}")
+    check_kernel_flags(p, args, given_flags(p, argv))
     if not 0 < args.k_s < args.num_points:
         p.error(f"the student's k = {args.k_s} must be in [1, --num-points = {args.num_points})")
     return args
@@ -329,12 +328,12 @@ def train_student(args, ds, teacher, device, log):
     log(f"{method_name(args)}: teacher {num_params(teacher):,} params (k={teacher.k}), student "
         f"{num_params(student):,} params (k={args.k_s}, EdgeConv "
         f"{[c.fc.out_features for c in student.convs]})")
-    sigma_t, offered = probe_teacher(args, ds, student, teacher, device, log)
+    sigma_t, structure_t = probe_teacher(args, ds, student, teacher, device, log)
     distill = args.lsp or args.kd or args.at or args.fitnet
     fit = train(student, ds, args, device, log, args.epochs, args.seed,
                 teacher if distill else None, sigma_t,
                 lambda: test_structure(student, teacher, ds, args, device))
-    return student, {**fit, "teacher_structure": offered}
+    return student, {**fit, "teacher_structure": structure_t}
 
 
 def report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit):

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 import data
 import lsp_kd
 from experiment import (STRUCTURE_EPOCHS, Meter, TeacherOutput, add_distill_args, add_run_args,
-                        add_teacher_args, atomic_save, cost_of, distill_terms, epoch_means,
-                        given_flags, kernel_kwargs, kernel_label, load_or_train_teacher,
-                        log_structure, open_run_log, paper_cells, parser_for, pick_device,
-                        save_results, set_seed, structure_metrics, summarize,
+                        add_teacher_args, atomic_save, check_kernel_flags, cost_of, distill_terms,
+                        epoch_means, given_flags, kernel_kwargs, kernel_label,
+                        load_or_train_teacher, log_structure, open_run_log, paper_cells, parser_for,
+                        pick_device, save_results, set_seed, structure_metrics, summarize,
                         teacher_structure, total_loss)
 from models import gat_student, gat_teacher, num_params
 
@@ -69,21 +69,21 @@ def teacher_outputs(teacher, graphs, args, device, sigma_t=None):
     or None without --lsp, sigma) per graph. With --sigma auto the teacher's σ is sigma_t,
     or when None the median distance between neighbours over all these graphs' edges."""
     teacher.eval()
-    runs = []
+    per_graph = []
     for g in graphs:
         ei = g.edge_index.to(device)
         feats, logits = teacher(g.x.to(device), ei, return_feats=True)
-        runs.append((feats[args.lsp_layer_t], logits, ei))             # (N, F_t), (N, C), (2, E)
+        per_graph.append((feats[args.lsp_layer_t], logits, ei))  # (N, F_t), (N, C), (2, E)
     kw = kernel_kwargs(args)
     if kw.get("sigma") == "auto":
         if sigma_t is None:  # one σ over all the graphs: their features and edges stacked
-            offsets = np.cumsum([0] + [f.size(0) for f, _, _ in runs[:-1]])
-            sigma_t = lsp_kd.median_sigma(torch.cat([f for f, _, _ in runs]),
+            offsets = np.cumsum([0] + [f.size(0) for f, _, _ in per_graph[:-1]])
+            sigma_t = lsp_kd.median_sigma(torch.cat([f for f, _, _ in per_graph]),
                                           torch.cat([ei + int(o) for (_, _, ei), o
-                                                     in zip(runs, offsets)], 1))
+                                                     in zip(per_graph, offsets)], 1))
         kw["sigma"] = sigma_t
     return [TeacherOutput(f, logits, log_ls=lsp_kd.log_local_structure(f, ei, args.kernel, **kw)
-                          if args.lsp else None, sigma=sigma_t) for f, logits, ei in runs]
+                          if args.lsp else None, sigma=sigma_t) for f, logits, ei in per_graph]
 
 
 def batch_of(outs, idx):
@@ -251,8 +251,7 @@ def get_args(argv=None):
         vars(args).update(OFFICIAL)
     if args.lsp_weight < 0:
         p.error(f"--lsp-weight must be >= 0, got {args.lsp_weight}")
-    if args.sigma == "auto" and args.kernel != "rbf":
-        p.error(f"--sigma auto is the RBF kernel's bandwidth; --kernel is {args.kernel}")
+    check_kernel_flags(p, args, given)
     if args.scale <= 0 or min(args.epochs, args.teacher_epochs) < 1:
         p.error(f"need --scale > 0 (got {args.scale}) and at least 1 epoch")
     if args.dry_run:
@@ -309,7 +308,7 @@ def train_student(args, ds, teacher, outs_t, device, log):
 
 
 def report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit, outs_test,
-           offered):
+           structure_t):
     """Test the student and the teacher, save the student's checkpoint, results_<run>.json
     and args_<run>.json, and print a row in the columns of Table 2."""
     test_f1 = evaluate(student, ds["test"], device)
@@ -327,7 +326,7 @@ def report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit, o
            "best_epoch": fit["epoch"], "val_f1": fit["best_val"], "test_f1": test_f1,
            **structure, "structure_by_epoch": fit["structure_by_epoch"],
            "sigma_s_by_epoch": fit["sigma_s_by_epoch"],
-           "teacher_structure": offered, "teacher": {**t, "test_f1": teacher_f1},
+           "teacher_structure": structure_t, "teacher": {**t, "test_f1": teacher_f1},
            "device": str(device)}
     results = save_results(args, run, res)
     log(f"{'Model':<27} {'Params':>7} {'RunTime':>10} {'Training (s/iter / mem)':>19} "
@@ -354,14 +353,14 @@ def main(argv=None):
     teacher, ckpt = get_teacher(args, ds, data_name, device, log)
     outs_t = {"train": teacher_outputs(teacher, ds["train"], args, device)}
     outs_t["test"] = teacher_outputs(teacher, ds["test"], args, device, outs_t["train"][0].sigma)
-    offered = None  # how much structure the teacher offers LSP, on the training graphs
+    structure_t = None  # how much structure the teacher offers LSP, on the training graphs
     if args.lsp:
-        offered = teacher_structure(args, [(o.feat, g.edge_index.to(device)) for g, o
+        structure_t = teacher_structure(args, [(o.feat, g.edge_index.to(device)) for g, o
                                            in zip(ds["train"], outs_t["train"])],
                                     outs_t["train"][0].sigma, log)
     student, fit = train_student(args, ds, teacher, outs_t, device, log)
     report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit, outs_t["test"],
-           offered)
+           structure_t)
 
 
 if __name__ == "__main__":

@@ -683,6 +683,20 @@ def test_neighbour_rank_correlation_matches_scipy_with_ties():
     np.testing.assert_allclose(got[~np.isnan(got)], want[~np.isnan(want)], atol=1e-10)
 
 
+def test_neighbour_rank_correlation_on_sparse_graphs():
+    """Fewer edges than nodes, and a high node id: the per-centre groups are sized by the
+    nodes, not by the edges."""
+    import numpy as np
+    from lsp_kd import neighbour_rank_correlation
+    f_s, f_t = features(10, 4, 1.0, seed=90), features(10, 3, 1.0, seed=91)
+    edge_index = torch.tensor([[0, 1, 2, 3, 5], [9, 9, 9, 9, 1]])
+    got = neighbour_rank_correlation(f_s, f_t, edge_index).numpy()
+    want = ref_rank_correlation(f_s, f_t, edge_index)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert not np.isnan(got[9]) and np.isnan(got[:9]).all()
+    assert got[9] == pytest.approx(want[9])
+
+
 def test_neighbour_rank_correlation_scaled_teacher_and_random():
     import numpy as np
     from lsp_kd import neighbour_rank_correlation

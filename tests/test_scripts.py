@@ -100,15 +100,19 @@ def test_ppi_teacher_of_another_architecture(tmp_path):
 
 @pytest.mark.parametrize("script", ["train_ppi.py", "train_modelnet.py"])
 def test_teacher_seed_decides_the_teacher(tmp_path, script):
-    """--teacher-seed seeds the teacher's initialisation and batch order: two runs that train
-    a teacher train the same one."""
+    """--teacher-seed, not the student's --seed, seeds the teacher's initialisation and batch
+    order: runs that train a teacher train the same one whatever --seed, another with
+    another --teacher-seed."""
     teachers = []
-    for name in ("a", "b"):
-        p = run(script, "--data", "synthetic", "--dry-run", "--out-dir", str(tmp_path / name))
+    for name, flags in (("a", []), ("b", ["--seed", "5"]), ("c", ["--teacher-seed", "7"])):
+        p = run(script, "--data", "synthetic", "--dry-run", "--out-dir", str(tmp_path / name),
+                *flags)
         assert p.returncode == 0, p.stderr
         teachers.append(torch.load(tmp_path / name / "teacher_dry_run.pt", weights_only=False))
-    for k, v in teachers[0]["model"].items():
-        torch.testing.assert_close(v, teachers[1]["model"][k], rtol=1e-4, atol=1e-5)
+    a, b, c = (t["model"] for t in teachers)
+    for k, v in a.items():
+        torch.testing.assert_close(v, b[k], rtol=1e-4, atol=1e-5)
+    assert any(not torch.allclose(v, c[k]) for k, v in a.items() if v.is_floating_point())
 
 
 def test_micro_f1_hand_computed():
@@ -269,6 +273,49 @@ def test_distill_terms_match_the_losses_and_weigh_as_eq7():
     torch.testing.assert_close(terms["lsp"], lsp_kd.lsp_loss(f_s, f_t, union, "rbf", sigma=2.0))
     assert "lsp" not in experiment.distill_terms(args, f_s, logits_s, ei, dynamic, batch, reg,
                                                  with_lsp=False)
+
+
+def test_distill_terms_with_sigma_auto_equal_lsp_loss():
+    """--sigma auto in a training step: the student's σ is its median on the step's graph, the
+    teacher's fixed by the script; with the teacher's median on the same graph, the term is
+    lsp_loss(sigma="auto"), and the student's σ is reported as sigma_s."""
+    g = torch.Generator().manual_seed(1)
+    N, ei = 40, torch.randint(0, 40, (2, 200), generator=g)
+    f_s, f_t = 3 * torch.randn(N, 6, generator=g), 20 * torch.randn(N, 9, generator=g)
+    p = argparse.ArgumentParser()
+    experiment.add_distill_args(p)
+    args = p.parse_args(["--lsp", "--sigma", "auto"])
+    sigma_t = lsp_kd.median_sigma(f_t, ei)
+    want = lsp_kd.lsp_loss(f_s, f_t, ei, "rbf", sigma="auto")
+    cached = experiment.TeacherOutput(f_t, log_ls=lsp_kd.log_local_structure(
+        f_t, ei, "rbf", sigma=sigma_t), sigma=sigma_t)                # PPI: cached once
+    for teacher in (cached, experiment.TeacherOutput(f_t, sigma=sigma_t),   # given σ_t
+                    experiment.TeacherOutput(f_t)):                   # None: this graph's
+        terms = experiment.distill_terms(args, f_s, None, ei, teacher, None)
+        assert list(terms) == ["lsp", "sigma_s"]
+        torch.testing.assert_close(terms["lsp"], want)
+        assert terms["sigma_s"].item() == pytest.approx(lsp_kd.median_sigma(f_s, ei))
+    # ModelNet40: over the union graph, σ_t fixed by the script
+    ei_t = torch.randint(0, N, (2, 150), generator=g)
+    union = lsp_kd.union_graph(ei, ei_t, N)
+    terms = experiment.distill_terms(args, f_s, None, ei, experiment.TeacherOutput(
+        f_t, edge_index=ei_t, sigma=lsp_kd.median_sigma(f_t, union)), None)
+    torch.testing.assert_close(terms["lsp"], lsp_kd.lsp_loss(f_s, f_t, union, "rbf",
+                                                             sigma="auto"))
+
+
+@pytest.mark.parametrize("script", ["train_ppi.py", "train_modelnet.py"])
+@pytest.mark.parametrize("flags, unused", [(["--kernel", "poly", "--sigma", "2"], "--sigma"),
+                                           (["--sigma", "auto", "--kernel", "l2"], "--sigma"),
+                                           (["--degree", "3"], "--degree"),
+                                           (["--kernel", "linear", "--c", "1"], "--c")])
+def test_kernel_flags_the_kernel_would_ignore_are_refused(script, flags, unused, capsys):
+    module = train_ppi if script == "train_ppi.py" else train_modelnet
+    with pytest.raises(SystemExit) as err:
+        module.get_args(["--lsp", *flags])
+    assert err.value.code == 2
+    (line,) = [l for l in capsys.readouterr().err.splitlines() if "error:" in l]
+    assert unused in line and "would do nothing" in line
 
 
 def test_meter_peak_belongs_to_its_phase():
