@@ -29,7 +29,8 @@ def test_bench_tiny_every_row(tmp_path):
     assert res["memory_measure"] and res["memory_measure"] in proc.stdout
     assert res["tensor_measure"] and res["tensor_measure"] in proc.stdout
     assert "bench.py" in res["command"]
-    methods = ["teacher", "student", "kd", "at", "fitnet"] + [f"lsp_{k}" for k in lsp_kd.KERNELS]
+    methods = (["teacher", "student", "kd", "at", "fitnet"] + [f"lsp_{k}" for k in lsp_kd.KERNELS]
+               + ["lsp_rbf_auto"])
     expected = {"ppi": methods + ["teacher inference", "student inference"],
                 "modelnet": methods + ["teacher inference", "student inference"],
                 "knn": [f"{name} F={F}" for F in (3, 64) for name in ("knn_graph", "dense topk")]}
