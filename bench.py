@@ -263,13 +263,10 @@ def bench_modelnet(args, device, measure):
             ce = F.cross_entropy(logits, labels, label_smoothing=0.2)
             if method in ("teacher", "student"):
                 return ce
-            with torch.no_grad():  # the frozen teacher, every iteration; as train_modelnet.py,
-                feats_t, logits_t = (teacher(pts, return_feats=True) if d_args.kd  # only KD
-                                     else (teacher.edge_features(pts), None))  # needs logits
-            (f_s, ei_s), (f_t, ei_t) = feats_s[-1], feats_t[-1]      # last EdgeConv of each
-            terms = experiment.distill_terms(d_args, f_s, logits, ei_s,
-                                             TeacherOutput(f_t, logits_t, ei_t, sigma=sigma_t),
-                                             cloud, regressor)
+            # the frozen teacher, every iteration, as train_modelnet.py; only KD needs logits
+            out_t = experiment.teacher_output(teacher, pts, -1, d_args.kd, sigma=sigma_t)
+            f_s, ei_s = feats_s[-1]                        # the last EdgeConv, as the teacher's
+            terms = experiment.distill_terms(d_args, f_s, logits, ei_s, out_t, cloud, regressor)
             return experiment.total_loss(d_args, ce, terms)
         return loss
 

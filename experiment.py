@@ -1,6 +1,7 @@
 """What the PPI and ModelNet40 experiments share: seeding, device, atomic saving, the run log,
 the teacher checkpoint, the distillation flags and the terms of one step (Eq. 7 and the
-baselines of Sec. 4.1), the memory measure, the paper's figures and the summary over seeds.
+baselines of Sec. 4.1), the epoch line, the structure metrics, the memory measure, the
+paper's figures (with the run's name and row) and the summary over seeds.
 
 train_ppi.py, train_modelnet.py and bench.py import it; it imports no script.
 Dimensions: N nodes (B*P points on ModelNet40), E edges, F features, C labels or classes.
@@ -63,10 +64,12 @@ def atomic_save(obj, path, as_json=False):
     os.replace(tmp, path)
 
 
-def open_run_log(args, run):
-    """log(msg): print and append to <out_dir>/log_<run>.txt, each line prefixed with
-    "[synthetic] " on synthetic data; starts with the command line. log(msg, warning=True)
-    prints "warning: msg" to stderr instead (and writes it to the file)."""
+def open_run_log(args, data_name):
+    """-> (run, log): the run's name, <data>_<method>_seed<seed>, and log(msg), which prints
+    and appends to <out_dir>/log_<run>.txt, each line prefixed with "[synthetic] " on
+    synthetic data; the log starts with the command line. log(msg, warning=True) prints
+    "warning: msg" to stderr instead (and writes it to the file)."""
+    run = f"{data_name}_{method_name(args)}_seed{args.seed}"
     tag = "[synthetic] " if args.data == "synthetic" else ""
     os.makedirs(args.out_dir, exist_ok=True)
     path = os.path.join(args.out_dir, f"log_{run}.txt")
@@ -80,13 +83,18 @@ def open_run_log(args, run):
             f.write(tag + msg + "\n")
 
     log(f"command: {' '.join(sys.argv)}")
-    return log
+    return run, log
 
 
 def parser_for(doc):
     """An argument parser whose --help shows every flag's default, described by doc's 1st line."""
     return argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def int_list(text):
+    """An argparse type for widths: "32,32,64" -> (32, 32, 64)."""
+    return tuple(int(v) for v in text.split(","))
 
 
 def add_run_args(p, out_dir, dry_run):
@@ -100,9 +108,12 @@ def add_run_args(p, out_dir, dry_run):
                    help="print mean ± std over seeds of the results in DIR, then exit")
 
 
-def save_results(args, run, res):
-    """Write <out_dir>/results_<run>.json (res + seed, command line, arguments) and
-    args_<run>.json, atomically; returns the results' path."""
+def save_results(args, run, res, student, fit):
+    """Write <out_dir>/student_<run>.pt {model, args, epoch, best_val} (fit: train()'s dict),
+    results_<run>.json (res + seed, command line, arguments) and args_<run>.json, atomically;
+    returns the results' path."""
+    atomic_save({"model": student.state_dict(), "args": vars(args), "epoch": fit["epoch"],
+                 "best_val": fit["best_val"]}, os.path.join(args.out_dir, f"student_{run}.pt"))
     res.update(synthetic=args.data == "synthetic", seed=args.seed, command=" ".join(sys.argv),
                args=vars(args))
     path = os.path.join(args.out_dir, f"results_{run}.json")
@@ -222,6 +233,26 @@ class TeacherOutput(NamedTuple):
     sigma: Optional[float] = None               # the teacher's own σ under --sigma auto
 
 
+def stack_outputs(outs):
+    """TeacherOutputs of several graphs as one, stacked as data.ppi_batches stacks the graphs."""
+    log_ls = None if outs[0].log_ls is None else torch.cat([o.log_ls for o in outs])  # (E,)
+    return TeacherOutput(torch.cat([o.feat for o in outs]),             # (N, F_t)
+                         torch.cat([o.logits for o in outs]), log_ls=log_ls)  # (N, C)
+
+
+@torch.no_grad()
+def teacher_output(teacher, pts, layer, with_logits, amp=False, sigma=None):
+    """The frozen DGCNN teacher on clouds pts (B, P, 3) -> TeacherOutput: its EdgeConv `layer`
+    (B*P, F_t), that layer's kNN graph (2, B*P*k), with_logits its logits (B, C) for KD
+    (else only its EdgeConvs run), its σ; amp: under autocast, the outputs back in float32."""
+    with torch.autocast(pts.device.type, enabled=amp):
+        feats_t, logits_t = (teacher(pts, return_feats=True) if with_logits
+                             else (teacher.edge_features(pts), None))
+    f_t, ei_t = feats_t[layer]
+    return TeacherOutput(f_t.float(), None if logits_t is None else logits_t.float(), ei_t,
+                         sigma=sigma)
+
+
 def sigma_arg(text):
     """--sigma: a number > 0, or "auto"."""
     if text == "auto":
@@ -261,18 +292,30 @@ def add_distill_args(p):
     p.add_argument("--fitnet-weight", type=float, default=1.0, help="weight of the FitNet term")
 
 
-def check_kernel_flags(parser, args, given):
-    """Refuse kernel hyper-parameters that args.kernel would ignore (given: given_flags)."""
+def check_distill_flags(parser, args, given):
+    """Refuse a negative λ, and kernel hyper-parameters that args.kernel would ignore (given:
+    given_flags)."""
+    if args.lsp_weight < 0:
+        parser.error(f"--lsp-weight must be >= 0, got {args.lsp_weight}")
     owner = {"sigma": "rbf", "degree": "poly", "c": "poly"}
     unused = [f"--{k}" for k, kernel in owner.items() if k in given and args.kernel != kernel]
     if unused:
         parser.error(f"{', '.join(unused)} would do nothing with --kernel {args.kernel}")
 
 
-def kernel_kwargs(args):
-    """The hyper-parameters of --kernel, as keyword arguments of lsp_kd's kernels."""
-    return {"rbf": {"sigma": args.sigma}, "poly": {"degree": args.degree, "c": args.c}
-            }.get(args.kernel, {})
+def distilling(args):
+    """Whether args asks for any knowledge from the teacher (else the student is Student_Full)."""
+    return args.lsp or args.kd or args.at or args.fitnet
+
+
+def kernel_kwargs(args, sigma_t=None):
+    """The hyper-parameters of --kernel, as keyword arguments of lsp_kd's kernels; under
+    --sigma auto, σ = sigma_t when given (the teacher's σ, fixed once by the script)."""
+    kw = {"rbf": {"sigma": args.sigma}, "poly": {"degree": args.degree, "c": args.c}
+          }.get(args.kernel, {})
+    if sigma_t is not None and kw.get("sigma") == "auto":
+        kw["sigma"] = sigma_t
+    return kw
 
 
 def kernel_label(args):
@@ -281,6 +324,17 @@ def kernel_label(args):
     return f"lsp_{args.kernel}" + "".join(f"-{k}{v:g}" if v != "auto" else f"-{k}{v}"
                                           for k, v in kernel_kwargs(args).items()
                                           if v != paper[k])
+
+
+def teacher_sigma(args, samples):
+    """The teacher's σ under --sigma auto (else None), one over several graphs [(feat (N, F),
+    edge_index (2, E))]: lsp_kd.median_sigma of their features stacked, edges offset to match."""
+    if kernel_kwargs(args).get("sigma") != "auto":
+        return None
+    offsets = np.cumsum([0] + [feat.size(0) for feat, _ in samples[:-1]])
+    return lsp_kd.median_sigma(torch.cat([feat for feat, _ in samples]),           # (ΣN, F)
+                               torch.cat([ei + int(o) for (_, ei), o               # (2, ΣE)
+                                          in zip(samples, offsets)], 1))
 
 
 def distill_terms(args, feat_s, logits_s, edge_index, teacher, batch, regressor=None,
@@ -362,9 +416,7 @@ def teacher_structure(args, samples, sigma_t, log):
     structure that neither model can learn or lose). Logs both, and a warning when the
     structures are practically uniform; the run goes on, since a faithful reproduction must
     stay possible. -> {kl_from_uniform, saturated_share, kernel, its parameters}."""
-    kw = kernel_kwargs(args)
-    if kw.get("sigma") == "auto":
-        kw["sigma"] = sigma_t
+    kw = kernel_kwargs(args, sigma_t)
     kls, saturated, edges = [], 0.0, 0
     for feat, ei in samples:
         ei = ei[:, ei[0] != ei[1]]                                            # (2, E')
@@ -404,6 +456,31 @@ def structure_metrics(triples):
 def log_structure(log, where, metrics):
     log(f"{where}: KL to the teacher σ = 1 {metrics['ls_kl']:.3e}, σ = median "
         f"{metrics['ls_kl_auto']:.3e}; neighbour rank correlation {metrics['rank_corr']:.4f}")
+
+
+def log_epoch(log, epoch, means, shown, t0, structure, record):
+    """The end of an epoch of train(): its line, "epoch 012 | loss 0.4321 | ... | <shown> |
+    1.2s" (means: epoch_means; shown: the script's own column; t0: when the epoch began);
+    under --sigma auto the student's σ appended to record["sigma_s_by_epoch"]; after the
+    epochs of STRUCTURE_EPOCHS, structure() -> metrics logged and kept in
+    record["structure_by_epoch"][epoch + 1] (structure None: never)."""
+    if "sigma_s" in means:  # --sigma auto: the student's σ, mean over the epoch's steps
+        record["sigma_s_by_epoch"].append(means["sigma_s"])
+    cols = " | ".join(f"{k} {v:.4f}" for k, v in means.items())
+    log(f"epoch {epoch:03d} | {cols} | {shown} | {time.time() - t0:.1f}s")
+    if structure is not None and epoch + 1 in STRUCTURE_EPOCHS:
+        metrics = structure()
+        record["structure_by_epoch"][epoch + 1] = metrics
+        log_structure(log, f"structure after epoch {epoch + 1}", metrics)
+
+
+def structure_results(structure, fit):
+    """The structure entries of a run's results: the metrics at the end (structure), those
+    after the epochs of STRUCTURE_EPOCHS, the student's σ per epoch and the teacher's
+    structure, all but the first from fit (train()'s dict, with teacher_structure)."""
+    return {**structure, "structure_by_epoch": fit["structure_by_epoch"],
+            "sigma_s_by_epoch": fit["sigma_s_by_epoch"],
+            "teacher_structure": fit["teacher_structure"]}
 
 
 # ----------------------------------------------------------------------------------------
@@ -515,3 +592,57 @@ def paper_cells(exp, row):
     params, runtime, seconds, gb, *scores = PAPER[exp][row]
     cost = f"{seconds}s / {gb}G" if seconds != "-" else "-"
     return " ".join([params, runtime, cost, *scores])
+
+
+# ----------------------------------------------------------------------------------------
+# A run beside the paper: its method's name, its row of the paper's tables, the table printed
+
+def table_row(exp, name, cost, scores):
+    """One row in the columns of Table 2 (exp "ppi", scores: [test micro-F1]) or Table 4
+    ("modelnet", scores: [Acc, mAcc]) from a cost_of dict."""
+    if exp == "ppi":
+        return (f"{name:<27} {cost['params'] / 1e6:>6.3f}M {cost['runtime_ms']:>8.1f}ms "
+                f"{cost['train_s_per_iter']:>7.3f}s / {cost['peak_mem_mb'] / 1024:.2f}G "
+                f"{100 * scores[0]:>7.2f}")
+    return (f"{name:<26} {cost['params'] / 1e6:>6.3f}M {cost['runtime_ms']:>7.2f}ms "
+            f"{cost['train_s_per_epoch']:>8.1f}s / {cost['peak_mem_mb'] / 1024:.2f}G "
+            f"{100 * scores[0]:>6.2f} {100 * scores[1]:>6.2f}")
+
+
+def log_table(log, exp, rows):
+    """The header of Table 2 (exp "ppi") or Table 4 ("modelnet"), then rows [(name, cost_of
+    dict, scores, PAPER row)], each beside the paper's figures for its row; a row without a
+    training time (a teacher checkpoint that holds none) is left out."""
+    if exp == "ppi":
+        log(f"{'Model':<27} {'Params':>7} {'RunTime':>10} {'Training (s/iter / mem)':>19} "
+            f"{'F1':>7}   | paper (real PPI, 1080Ti)")
+    else:
+        log(f"{'Model':<26} {'Params':>7} {'RunTime':>9} {'Training (s/ep / mem)':>19} "
+            f"{'Acc':>6} {'mAcc':>6}   | paper (real ModelNet40, 1080Ti)")
+    per = "iter" if exp == "ppi" else "epoch"  # the training time's unit
+    for name, cost, scores, row in rows:
+        if cost[f"train_s_per_{per}"] is not None:
+            log(table_row(exp, name, cost, scores) + "   | " + paper_cells(exp, row))
+
+
+def method_name(args):
+    """The run's method: "Student", "[variant]" for a Table 6 variant (train_modelnet.py),
+    then "_" and the methods it uses joined by "+", e.g. "Student_kd+lsp_rbf-sigmaauto" or
+    "Student_lsp_official" (train_ppi.py --official); "Student_Full" without any."""
+    used = [name for name in ("kd", "at", "fitnet") if getattr(args, name)]
+    if args.lsp:
+        used.append("lsp_official" if getattr(args, "official", False) else kernel_label(args))
+    variant = getattr(args, "variant", "base")
+    variant = "" if variant == "base" else f"[{variant}]"
+    return "Student" + variant + "_" + ("+".join(used) if used else "Full")
+
+
+def paper_row(args, exp):
+    """The row of PAPER[exp] this run corresponds to: a row of Table 2 (exp "ppi") or of
+    Tables 4-5 ("modelnet"); None for a combination of methods or a Table 6 variant."""
+    used = [name for name in ("lsp", "kd", "at", "fitnet") if getattr(args, name)]
+    if getattr(args, "variant", "base") != "base" or len(used) > 1:
+        return None
+    if used == ["lsp"]:  # Table 2 has LSP's RBF row only: every PPI LSP run stands beside it
+        return "lsp_rbf" if exp == "ppi" else f"lsp_{args.kernel}"
+    return used[0] if used else "student"

@@ -12,7 +12,6 @@ As DGCNN, no validation split exists: accuracies are those of the last epoch.
 Dimensions: B clouds, P points, F features, k neighbours, C = 40 classes.
 """
 import itertools
-import os
 import sys
 import time
 
@@ -23,25 +22,15 @@ import torch.nn.functional as F
 
 import data
 import lsp_kd
-from experiment import (STRUCTURE_EPOCHS, TEST_BATCH, Meter, TeacherOutput, add_distill_args,
-                        add_run_args, add_teacher_args, atomic_save, check_kernel_flags, cost_of,
-                        distill_terms, given_flags, epoch_means, kernel_kwargs, kernel_label,
-                        load_or_train_teacher, log_structure, open_run_log, paper_cells, parser_for,
-                        pick_device, save_results, set_seed, structure_metrics, summarize,
-                        teacher_structure, total_loss)
-from models import DGCNN, dgcnn_teacher, num_params
+from experiment import (TEST_BATCH, Meter, add_distill_args, add_run_args, add_teacher_args,
+                        check_distill_flags, cost_of, distill_terms, distilling, epoch_means,
+                        given_flags, int_list, load_or_train_teacher, log_epoch, log_structure,
+                        log_table, method_name, open_run_log, paper_row, parser_for, pick_device,
+                        save_results, set_seed, structure_metrics, structure_results, summarize,
+                        teacher_output, teacher_sigma, teacher_structure, total_loss)
+from models import STUDENT_VARIANTS, dgcnn_student, dgcnn_teacher, num_params
 
 PROBE_BATCHES = 4  # training batches on which the teacher's structure is measured (and its σ)
-
-# Student variants: the paper's student and the three of Table 6.
-# NOTE: the paper gives Table 6's variants only by their sizes (0.44M, 0.14M, 0.30M); these
-# shapes are our reading, because it prints no widths; their true counts are beside them.
-VARIANTS = {
-    "base": dict(edge_dims=(32, 32, 64, 128), mlp=(256,)),          # 99,560
-    "channels": dict(edge_dims=(64, 64, 128, 256), mlp=(256,)),     # 233,384
-    "layers": dict(edge_dims=(32, 32, 64, 64, 128), mlp=(256,)),    # 124,264
-    "mlp": dict(edge_dims=(32, 32, 64, 128), mlp=(512, 256)),       # 297,448
-}
 
 
 # ----------------------------------------------------------------------------------------
@@ -98,32 +87,14 @@ def probe_teacher(args, ds, student, teacher, device, log):
     if not args.lsp:
         return None, None
     student.eval()
-    probes = [union_features(student, teacher, pts.to(device), args.lsp_layer)
-              for pts, _ in test_batches(ds, args, "train", PROBE_BATCHES)]
-    sigma_t = None
-    if kernel_kwargs(args).get("sigma") == "auto":  # one σ over all the probed clouds' edges
-        offsets = np.cumsum([0] + [f_t.size(0) for _, f_t, _ in probes[:-1]])
-        sigma_t = lsp_kd.median_sigma(torch.cat([f_t for _, f_t, _ in probes]),
-                                      torch.cat([ei + int(o) for (_, _, ei), o
-                                                 in zip(probes, offsets)], 1))
-    return sigma_t, teacher_structure(args, [(f_t, ei) for _, f_t, ei in probes], sigma_t, log)
+    samples = [union_features(student, teacher, pts.to(device), args.lsp_layer)[1:]  # (f_t, ei)
+               for pts, _ in test_batches(ds, args, "train", PROBE_BATCHES)]
+    sigma_t = teacher_sigma(args, samples)  # one σ over all the probed clouds' edges
+    return sigma_t, teacher_structure(args, samples, sigma_t, log)
 
 
 # ----------------------------------------------------------------------------------------
 # Training
-
-@torch.no_grad()
-def teacher_output(teacher, pts, layer, with_logits, amp=False, sigma=None):
-    """The frozen teacher on clouds pts (B, P, 3) -> TeacherOutput: its EdgeConv `layer`
-    (B*P, F_t), that layer's kNN graph (2, B*P*k), with_logits its logits (B, C) for KD
-    (else only its EdgeConvs run), its σ; amp: under autocast, the outputs back in float32."""
-    with torch.autocast(pts.device.type, enabled=amp):
-        feats_t, logits_t = (teacher(pts, return_feats=True) if with_logits
-                             else (teacher.edge_features(pts), None))
-    f_t, ei_t = feats_t[layer]
-    return TeacherOutput(f_t.float(), None if logits_t is None else logits_t.float(), ei_t,
-                         sigma=sigma)
-
 
 def train_epoch(model, ds, args, opt, gen, device, teacher=None, regressor=None, sigma_t=None):
     """One pass of SGD over the training clouds (Eq. 7); returns {term: mean over steps}."""
@@ -137,8 +108,7 @@ def train_epoch(model, ds, args, opt, gen, device, teacher=None, regressor=None,
         feats_s, logits = model(pts, return_feats=True)
         terms = {"ce": F.cross_entropy(logits, labels, label_smoothing=args.smoothing)}
         if teacher is not None:
-            out_t = teacher_output(teacher, pts, args.lsp_layer, args.kd, args.teacher_amp,
-                                   sigma_t)
+            out_t = teacher_output(teacher, pts, args.lsp_layer, args.kd, args.teacher_amp, sigma_t)
             f_s, ei_s = feats_s[args.lsp_layer]                          # (B*P, F_s), (2, E_s)
             cloud = torch.arange(B, device=device).repeat_interleave(P)  # (B*P,) cloud id
             terms.update(distill_terms(args, f_s, logits, ei_s, out_t, cloud, regressor))
@@ -167,55 +137,20 @@ def train(model, ds, args, device, log, epochs, seed, teacher=None, sigma_t=None
     opt = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs, eta_min=args.lr_min)
     gen = torch.Generator().manual_seed(seed)
-    meter, by_epoch, sigmas = Meter(device), {}, []
+    meter, record = Meter(device), {"structure_by_epoch": {}, "sigma_s_by_epoch": []}
     for epoch in range(epochs):
         t0 = time.time()
         meter.start()  # one "iteration" of the meter = one epoch here, as in Table 4
         means = train_epoch(model, ds, args, opt, gen, device, teacher, regressor, sigma_t)
         sched.step()
         meter.stop()
-        if "sigma_s" in means:  # --sigma auto: the student's σ, mean over the epoch's steps
-            sigmas.append(means["sigma_s"])
-        cols = " | ".join(f"{k} {v:.4f}" for k, v in means.items())
-        log(f"epoch {epoch:03d} | {cols} | lr {sched.get_last_lr()[0]:.4f} | "
-            f"{time.time() - t0:.1f}s")
-        if structure is not None and epoch + 1 in STRUCTURE_EPOCHS:
-            by_epoch[epoch + 1] = structure()
-            log_structure(log, f"structure after epoch {epoch + 1}", by_epoch[epoch + 1])
+        log_epoch(log, epoch, means, f"lr {sched.get_last_lr()[0]:.4f}", t0, structure, record)
     return {"epoch": epochs - 1, "best_val": None, "s_per_epoch": meter.s_per_iter(),
-            "peak_mb": meter.peak_mb(), "memory": meter.memory, "structure_by_epoch": by_epoch,
-            "sigma_s_by_epoch": sigmas}
+            "peak_mb": meter.peak_mb(), "memory": meter.memory, **record}
 
 
 # ----------------------------------------------------------------------------------------
 # The command line
-
-def method_name(args):
-    used = [name for name in ("kd", "at", "fitnet") if getattr(args, name)]
-    if args.lsp:
-        used.append(kernel_label(args))
-    variant = "" if args.variant == "base" else f"[{args.variant}]"
-    return "Student" + variant + "_" + ("+".join(used) if used else "Full")
-
-
-def paper_row(args):
-    """The row of Tables 4-5 this run corresponds to (None: no such row)."""
-    used = [name for name in ("lsp", "kd", "at", "fitnet") if getattr(args, name)]
-    if args.variant != "base" or len(used) > 1:
-        return None
-    return (f"{used[0]}_{args.kernel}" if used == ["lsp"] else used[0]) if used else "student"
-
-
-def table_row(model, cost, acc, macc):
-    """One row of Table 4 from a cost_of dict and the test accuracies."""
-    return (f"{model:<26} {cost['params'] / 1e6:>6.3f}M {cost['runtime_ms']:>7.2f}ms "
-            f"{cost['train_s_per_epoch']:>8.1f}s / {cost['peak_mem_mb'] / 1024:.2f}G "
-            f"{100 * acc:>6.2f} {100 * macc:>6.2f}")
-
-
-def int_list(text):
-    return tuple(int(v) for v in text.split(","))
-
 
 def make_parser():
     p = parser_for(__doc__)
@@ -234,7 +169,7 @@ def make_parser():
     p.add_argument("--teacher-amp", action="store_true",
                    help="run the frozen teacher under autocast (CUDA: float16, CPU: bfloat16)")
     # student (Table 6 variants)
-    p.add_argument("--variant", choices=list(VARIANTS), default="base",
+    p.add_argument("--variant", choices=list(STUDENT_VARIANTS), default="base",
                    help="the paper's student or a Table 6 variant")
     p.add_argument("--channels-s", type=int_list, default=None,
                    help="EdgeConv widths, e.g. 32,32,64,128; None: the variant's")
@@ -270,9 +205,7 @@ def get_args(argv=None):
         if args.data == "synthetic":
             args.train_per_class, args.test_per_class = 1, 1
             args.num_points = min(args.num_points, 128)
-    if args.lsp_weight < 0:
-        p.error(f"--lsp-weight must be >= 0, got {args.lsp_weight}")
-    check_kernel_flags(p, args, given_flags(p, argv))
+    check_distill_flags(p, args, given_flags(p, argv))
     if not 0 < args.k_s < args.num_points:
         p.error(f"the student's k = {args.k_s} must be in [1, --num-points = {args.num_points})")
     return args
@@ -286,8 +219,7 @@ def load_data(args):
     if args.data == "synthetic":
         ds = data.synthetic_modelnet40(args.train_per_class, args.test_per_class,
                                        args.num_points, seed=args.data_seed)
-        data_name = (f"synthetic-{args.train_per_class}x{args.test_per_class}"
-                     f"-seed{args.data_seed}")
+        data_name = f"synthetic-{args.train_per_class}x{args.test_per_class}-seed{args.data_seed}"
     else:
         try:
             ds, data_name = data.load_modelnet40(args.data_dir, url=args.url), "modelnet40"
@@ -318,9 +250,7 @@ def train_student(args, ds, teacher, device, log):
     """The student (Table 4, or a Table 6 variant) trained with what args asks for;
     -> (student, train's dict)."""
     set_seed(args.seed)
-    v = VARIANTS[args.variant]
-    student = DGCNN(args.channels_s or v["edge_dims"], emb_dim=0, pool="max",
-                    mlp=args.mlp_s or v["mlp"], k=args.k_s).to(device)
+    student = dgcnn_student(args.variant, args.channels_s, args.mlp_s, k=args.k_s).to(device)
     for name, m in (("teacher", teacher), ("student", student)):
         if not -len(m.convs) <= args.lsp_layer < len(m.convs):
             sys.exit(f"error: --lsp-layer {args.lsp_layer} is not an EdgeConv layer of the "
@@ -329,9 +259,8 @@ def train_student(args, ds, teacher, device, log):
         f"{num_params(student):,} params (k={args.k_s}, EdgeConv "
         f"{[c.fc.out_features for c in student.convs]})")
     sigma_t, structure_t = probe_teacher(args, ds, student, teacher, device, log)
-    distill = args.lsp or args.kd or args.at or args.fitnet
     fit = train(student, ds, args, device, log, args.epochs, args.seed,
-                teacher if distill else None, sigma_t,
+                teacher if distilling(args) else None, sigma_t,
                 lambda: test_structure(student, teacher, ds, args, device))
     return student, {**fit, "teacher_structure": structure_t}
 
@@ -349,24 +278,16 @@ def report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit):
         f"in the test set); teacher {t_acc:.4f} / {t_macc:.4f}")
     log_structure(log, "local structure on the test clouds over the union graph, last epoch "
                   "(Eq. 5-6, RBF)", structure)
-    atomic_save({"model": student.state_dict(), "args": vars(args), "epoch": fit["epoch"],
-                 "best_val": None}, os.path.join(args.out_dir, f"student_{run}.pt"))
     batches = itertools.islice(data.pointcloud_batches(
         ds["test_points"], ds["test_labels"], TEST_BATCH, args.num_points), 3)
     clouds = [((pts.to(device),), len(pts)) for pts, _ in batches]  # per cloud, 3 batches
     method, t = method_name(args), cost_of(teacher, clouds, 1, ckpt, "epoch")
     res = {"method": method, "data": data_name, **cost_of(student, clouds, 1, fit, "epoch"),
-           "acc": acc, "macc": macc, **structure, "structure_by_epoch": fit["structure_by_epoch"],
-           "sigma_s_by_epoch": fit["sigma_s_by_epoch"],
-           "teacher_structure": fit["teacher_structure"],
+           "acc": acc, "macc": macc, **structure_results(structure, fit),
            "teacher": {**t, "acc": t_acc, "macc": t_macc}, "device": str(device)}
-    results = save_results(args, run, res)
-    log(f"{'Model':<26} {'Params':>7} {'RunTime':>9} {'Training (s/ep / mem)':>19} "
-        f"{'Acc':>6} {'mAcc':>6}   | paper (real ModelNet40, 1080Ti)")
-    if t["train_s_per_epoch"] is not None:
-        log(table_row("Teacher", t, t_acc, t_macc) + "   | "
-            + paper_cells("modelnet", "teacher"))
-    log(table_row(method, res, acc, macc) + "   | " + paper_cells("modelnet", paper_row(args)))
+    results = save_results(args, run, res, student, fit)
+    log_table(log, "modelnet", [("Teacher", t, [t_acc, t_macc], "teacher"),
+                                (method, res, [acc, macc], paper_row(args, "modelnet"))])
     log(f"mem = {fit['memory']}; Acc/mAcc = last epoch, test set; results in {results}")
 
 
@@ -377,8 +298,7 @@ def main(argv=None):
         return
     device = pick_device(args.device)
     ds, data_name = load_data(args)
-    run = f"{data_name}_{method_name(args)}_seed{args.seed}"
-    log = open_run_log(args, run)
+    run, log = open_run_log(args, data_name)
     log(f"data {data_name}: train {len(ds['train_labels'])} clouds, test "
         f"{len(ds['test_labels'])} clouds, {args.num_points} points | {device}")
     teacher, ckpt = get_teacher(args, ds, data_name, device, log)

@@ -12,23 +12,21 @@ Model selection on the validation graphs; the test micro-F1 reported is the one 
 best-validation epoch. Dimensions: N nodes, E edges, F features, C = 121 labels.
 """
 import itertools
-import os
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import data
 import lsp_kd
-from experiment import (STRUCTURE_EPOCHS, Meter, TeacherOutput, add_distill_args, add_run_args,
-                        add_teacher_args, atomic_save, check_kernel_flags, cost_of, distill_terms,
-                        epoch_means, given_flags, kernel_kwargs, kernel_label,
-                        load_or_train_teacher, log_structure, open_run_log, paper_cells, parser_for,
-                        pick_device, save_results, set_seed, structure_metrics, summarize,
-                        teacher_structure, total_loss)
+from experiment import (Meter, TeacherOutput, add_distill_args, add_run_args, add_teacher_args,
+                        check_distill_flags, cost_of, distill_terms, distilling, epoch_means,
+                        given_flags, kernel_kwargs, load_or_train_teacher, log_epoch, log_structure,
+                        log_table, method_name, open_run_log, paper_row, parser_for, pick_device,
+                        save_results, set_seed, stack_outputs, structure_metrics, structure_results,
+                        summarize, teacher_sigma, teacher_structure, total_loss)
 from models import gat_student, gat_teacher, num_params
 
 # NOTE: the paper's LSP is Eq. (3)-(7) with RBF, λ = 100, in every epoch; the official code
@@ -74,24 +72,11 @@ def teacher_outputs(teacher, graphs, args, device, sigma_t=None):
         ei = g.edge_index.to(device)
         feats, logits = teacher(g.x.to(device), ei, return_feats=True)
         per_graph.append((feats[args.lsp_layer_t], logits, ei))  # (N, F_t), (N, C), (2, E)
-    kw = kernel_kwargs(args)
-    if kw.get("sigma") == "auto":
-        if sigma_t is None:  # one σ over all the graphs: their features and edges stacked
-            offsets = np.cumsum([0] + [f.size(0) for f, _, _ in per_graph[:-1]])
-            sigma_t = lsp_kd.median_sigma(torch.cat([f for f, _, _ in per_graph]),
-                                          torch.cat([ei + int(o) for (_, _, ei), o
-                                                     in zip(per_graph, offsets)], 1))
-        kw["sigma"] = sigma_t
+    if sigma_t is None:  # one σ over all the graphs: their features and edges stacked
+        sigma_t = teacher_sigma(args, [(f, ei) for f, _, ei in per_graph])
+    kw = kernel_kwargs(args, sigma_t)
     return [TeacherOutput(f, logits, log_ls=lsp_kd.log_local_structure(f, ei, args.kernel, **kw)
                           if args.lsp else None, sigma=sigma_t) for f, logits, ei in per_graph]
-
-
-def batch_of(outs, idx):
-    """The TeacherOutputs of graphs idx, stacked as data.ppi_batches stacks the graphs."""
-    outs = [outs[i] for i in idx]
-    log_ls = None if outs[0].log_ls is None else torch.cat([o.log_ls for o in outs])  # (E,)
-    return TeacherOutput(torch.cat([o.feat for o in outs]),             # (N, F_t)
-                         torch.cat([o.logits for o in outs]), log_ls=log_ls)  # (N, C)
 
 
 @torch.no_grad()
@@ -126,9 +111,9 @@ def train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t=None, regressor=
             # NOTE: the paper ran no KD on PPI ("not suitable": 121 labels, no softmax); here
             # --kd compares per-label sigmoids (multilabel), to fill the gap in its table.
             terms.update(distill_terms(
-                args, feats_s[args.lsp_layer_s], logits, ei, batch_of(outs_t, idx),
-                g.batch.to(device), regressor, multilabel=True,
-                with_lsp=args.lsp_epochs is None or epoch < args.lsp_epochs))
+                args, feats_s[args.lsp_layer_s], logits, ei,
+                stack_outputs([outs_t[i] for i in idx]), g.batch.to(device), regressor,
+                multilabel=True, with_lsp=args.lsp_epochs is None or epoch < args.lsp_epochs))
         loss = total_loss(args, terms["bce"], terms)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -146,13 +131,12 @@ def train(model, ds, args, device, log, epochs, seed, outs_t=None, structure=Non
     regressor = None
     if outs_t is not None and args.fitnet:  # FitNet's learned regressor F_s -> F_t
         hidden = model.layers[:-1][args.lsp_layer_s]  # the hidden layer LSP/AT/FitNet use
-        width_s = hidden.heads * hidden.out_dim
-        regressor = nn.Linear(width_s, outs_t[0].feat.size(1)).to(device)
+        regressor = nn.Linear(hidden.heads * hidden.out_dim, outs_t[0].feat.size(1)).to(device)
     params = list(model.parameters()) + (list(regressor.parameters()) if regressor else [])
     opt = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    meter = Meter(device)
-    best_val, best_epoch, best_state, by_epoch, sigmas = -1.0, -1, None, {}, []
+    meter, record = Meter(device), {"structure_by_epoch": {}, "sigma_s_by_epoch": []}
+    best_val, best_epoch, best_state = -1.0, -1, None
     for epoch in range(epochs):
         t0 = time.time()
         means = train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t, regressor)
@@ -163,43 +147,14 @@ def train(model, ds, args, device, log, epochs, seed, outs_t=None, structure=Non
         if val > best_val:
             best_val, best_epoch = val, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if "sigma_s" in means:  # --sigma auto: the student's σ, mean over the epoch's steps
-            sigmas.append(means["sigma_s"])
-        cols = " | ".join(f"{k} {v:.4f}" for k, v in means.items())
-        log(f"epoch {epoch:03d} | {cols} | val f1 {val:.4f} | {time.time() - t0:.1f}s")
-        if structure is not None and epoch + 1 in STRUCTURE_EPOCHS:
-            by_epoch[epoch + 1] = structure()
-            log_structure(log, f"structure after epoch {epoch + 1}", by_epoch[epoch + 1])
+        log_epoch(log, epoch, means, f"val f1 {val:.4f}", t0, structure, record)
     model.load_state_dict(best_state)
     return {"best_val": best_val, "epoch": best_epoch, "s_per_iter": meter.s_per_iter(),
-            "peak_mb": meter.peak_mb(), "memory": meter.memory, "structure_by_epoch": by_epoch,
-            "sigma_s_by_epoch": sigmas}
+            "peak_mb": meter.peak_mb(), "memory": meter.memory, **record}
 
 
 # ----------------------------------------------------------------------------------------
 # The command line
-
-def method_name(args):
-    used = [name for name in ("kd", "at", "fitnet") if getattr(args, name)]
-    if args.lsp:
-        used.append("lsp_official" if args.official else kernel_label(args))
-    return "Student_" + ("+".join(used) if used else "Full")
-
-
-def paper_row(args):
-    """The row of Table 2 this run corresponds to (None for a combination of methods)."""
-    used = [name for name in ("lsp", "kd", "at", "fitnet") if getattr(args, name)]
-    if len(used) > 1:
-        return None
-    return {"lsp": "lsp_rbf"}.get(used[0], used[0]) if used else "student"
-
-
-def table_row(model, cost, f1):
-    """One row of Table 2 from a cost_of dict and the test micro-F1."""
-    return (f"{model:<27} {cost['params'] / 1e6:>6.3f}M {cost['runtime_ms']:>8.1f}ms "
-            f"{cost['train_s_per_iter']:>7.3f}s / {cost['peak_mem_mb'] / 1024:.2f}G "
-            f"{100 * f1:>7.2f}")
-
 
 def make_parser():
     p = parser_for(__doc__)
@@ -249,9 +204,7 @@ def get_args(argv=None):
                     "the official code's L1 similarity")
         args.lsp = True
         vars(args).update(OFFICIAL)
-    if args.lsp_weight < 0:
-        p.error(f"--lsp-weight must be >= 0, got {args.lsp_weight}")
-    check_kernel_flags(p, args, given)
+    check_distill_flags(p, args, given)
     if args.scale <= 0 or min(args.epochs, args.teacher_epochs) < 1:
         p.error(f"need --scale > 0 (got {args.scale}) and at least 1 epoch")
     if args.dry_run:
@@ -292,7 +245,11 @@ def get_teacher(args, ds, data_name, device, log):
 
 def train_student(args, ds, teacher, outs_t, device, log):
     """The student of Table 2, trained with what args asks for; outs_t: the teacher's outputs
-    on the train and test graphs. -> (student, train's dict)."""
+    on the train and test graphs. -> (student, train's dict + teacher_structure)."""
+    structure_t = None  # how much structure the teacher offers LSP, on the training graphs
+    if args.lsp:
+        samples = [(o.feat, g.edge_index.to(device)) for g, o in zip(ds["train"], outs_t["train"])]
+        structure_t = teacher_structure(args, samples, outs_t["train"][0].sigma, log)
     set_seed(args.seed)
     student = gat_student().to(device)
     if not -len(student.layers) < args.lsp_layer_s < len(student.layers) - 1:
@@ -300,15 +257,14 @@ def train_student(args, ds, teacher, outs_t, device, log):
                  f"student ({len(student.layers) - 1} hidden layers)")
     log(f"{method_name(args)}: teacher {num_params(teacher):,} params, "
         f"student {num_params(student):,}")
-    distill = args.lsp or args.kd or args.at or args.fitnet
-    return student, train(student, ds, args, device, log, args.epochs, args.seed,
-                          outs_t["train"] if distill else None,
-                          lambda: test_structure(student, args.lsp_layer_s, ds["test"],
-                                                 outs_t["test"], device))
+    fit = train(student, ds, args, device, log, args.epochs, args.seed,
+                outs_t["train"] if distilling(args) else None,
+                lambda: test_structure(student, args.lsp_layer_s, ds["test"], outs_t["test"],
+                                       device))
+    return student, {**fit, "teacher_structure": structure_t}
 
 
-def report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit, outs_test,
-           structure_t):
+def report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit, outs_test):
     """Test the student and the teacher, save the student's checkpoint, results_<run>.json
     and args_<run>.json, and print a row in the columns of Table 2."""
     test_f1 = evaluate(student, ds["test"], device)
@@ -318,22 +274,15 @@ def report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit, o
         f"(val f1 {fit['best_val']:.4f}); teacher test micro-F1 {teacher_f1:.4f}")
     log_structure(log, "local structure on the test graphs, best-validation epoch (Eq. 5-6, "
                   "RBF)", structure)
-    atomic_save({"model": student.state_dict(), "args": vars(args), "epoch": fit["epoch"],
-                 "best_val": fit["best_val"]}, os.path.join(args.out_dir, f"student_{run}.pt"))
     graphs = [((g.x.to(device), g.edge_index.to(device)), 1) for g in ds["test"]]  # per graph
     method, t = method_name(args), cost_of(teacher, graphs, 3, ckpt, "iter")
     res = {"method": method, "data": data_name, **cost_of(student, graphs, 3, fit, "iter"),
            "best_epoch": fit["epoch"], "val_f1": fit["best_val"], "test_f1": test_f1,
-           **structure, "structure_by_epoch": fit["structure_by_epoch"],
-           "sigma_s_by_epoch": fit["sigma_s_by_epoch"],
-           "teacher_structure": structure_t, "teacher": {**t, "test_f1": teacher_f1},
+           **structure_results(structure, fit), "teacher": {**t, "test_f1": teacher_f1},
            "device": str(device)}
-    results = save_results(args, run, res)
-    log(f"{'Model':<27} {'Params':>7} {'RunTime':>10} {'Training (s/iter / mem)':>19} "
-        f"{'F1':>7}   | paper (real PPI, 1080Ti)")
-    if t["train_s_per_iter"] is not None:
-        log(table_row("Teacher", t, teacher_f1) + "   | " + paper_cells("ppi", "teacher"))
-    log(table_row(method, res, test_f1) + "   | " + paper_cells("ppi", paper_row(args)))
+    results = save_results(args, run, res, student, fit)
+    log_table(log, "ppi", [("Teacher", t, [teacher_f1], "teacher"),
+                           (method, res, [test_f1], paper_row(args, "ppi"))])
     log(f"mem = {fit['memory']}; F1 = test micro-F1 at the best-validation epoch; "
         f"results in {results}")
 
@@ -345,22 +294,15 @@ def main(argv=None):
         return
     device = pick_device(args.device)
     ds, data_name = load_data(args)
-    run = f"{data_name}_{method_name(args)}_seed{args.seed}"
-    log = open_run_log(args, run)
+    run, log = open_run_log(args, data_name)
     log(f"data {data_name}: " + ", ".join(f"{s} {len(ds[s])} graphs / "
                                          f"{sum(g.x.size(0) for g in ds[s])} nodes"
                                          for s in ("train", "valid", "test")) + f" | {device}")
     teacher, ckpt = get_teacher(args, ds, data_name, device, log)
     outs_t = {"train": teacher_outputs(teacher, ds["train"], args, device)}
     outs_t["test"] = teacher_outputs(teacher, ds["test"], args, device, outs_t["train"][0].sigma)
-    structure_t = None  # how much structure the teacher offers LSP, on the training graphs
-    if args.lsp:
-        structure_t = teacher_structure(args, [(o.feat, g.edge_index.to(device)) for g, o
-                                           in zip(ds["train"], outs_t["train"])],
-                                    outs_t["train"][0].sigma, log)
     student, fit = train_student(args, ds, teacher, outs_t, device, log)
-    report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit, outs_t["test"],
-           structure_t)
+    report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit, outs_t["test"])
 
 
 if __name__ == "__main__":

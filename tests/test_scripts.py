@@ -14,7 +14,7 @@ import experiment
 import lsp_kd
 import train_modelnet
 import train_ppi
-from models import gat_student
+from models import DGCNN, gat_student
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -180,7 +180,7 @@ def test_modelnet_offline_error_is_clear(tmp_path):
 
 
 def test_modelnet_teacher_of_another_architecture(tmp_path):
-    wrong = train_modelnet.DGCNN((8, 8), emb_dim=0, pool="max", mlp=(16,), k=4)
+    wrong = DGCNN((8, 8), emb_dim=0, pool="max", mlp=(16,), k=4)
     ckpt = tmp_path / "wrong.pt"
     torch.save({"model": wrong.state_dict(), "arch": experiment.arch_of(wrong),
                 "data": "synthetic-1x1-seed0", "epoch": 0}, ckpt)
