@@ -427,8 +427,9 @@ def teacher_structure(args, samples, sigma_t, log):
     kl, share = torch.cat(kls).mean().item(), saturated / max(edges, 1)
     setting = ", ".join(f"{k} = {v:.4g}" for k, v in kw.items()) + (
         " (auto)" if args.kernel == "rbf" and args.sigma == "auto" else "")
-    log(f"teacher's local structure, kernel {args.kernel} {setting}: KL from uniform "
-        f"{kl:.3e} nats per node; kernel exactly 0 or 1 on {100 * share:.1f}% of edges")
+    log(f"teacher's local structure, kernel {' '.join([args.kernel, setting]).strip()}: "
+        f"KL from uniform {kl:.3e} nats per node; kernel exactly 0 or 1 on "
+        f"{100 * share:.1f}% of edges")
     if kl < UNIFORM_KL:
         log(f"kernel {args.kernel} with {setting or 'its parameters'}: the teacher's local "
             f"structures are practically uniform (KL from uniform {kl:.1e} < {UNIFORM_KL:g}), "
