@@ -154,7 +154,7 @@ def test_baselines():
 
 
 @pytest.mark.parametrize("script", ["train_ppi.py", "train_modelnet.py"])
-@pytest.mark.parametrize("flags", [[], ["--lsp"]])
+@pytest.mark.parametrize("flags", [[], ["--lsp"], ["--lsp", "--sigma", "auto"]])
 def test_script_dry_run_on_cuda(tmp_path, script, flags):
     p = subprocess.run([sys.executable, os.path.join(ROOT, script), "--data", "synthetic",
                         "--dry-run", "--device", "cuda", "--out-dir", str(tmp_path), *flags],
@@ -164,3 +164,4 @@ def test_script_dry_run_on_cuda(tmp_path, script, flags):
     with open(tmp_path / name) as f:
         res = json.load(f)
     assert res["device"].startswith("cuda") and res["memory"] == "CUDA allocator peak"
+    assert -1 <= res["rank_corr"] <= 1 and res["structure_by_epoch"]["1"]["ls_kl_auto"] >= 0
