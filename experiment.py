@@ -274,7 +274,8 @@ def add_distill_args(p):
                    help="attention transfer on node (PPI) or point features")
     p.add_argument("--fitnet", action="store_true", help="FitNet hint with a linear regressor")
     p.add_argument("--kernel", choices=list(lsp_kd.KERNELS), default="rbf",
-                   help="SIM of Eq. (3)")
+                   help="SIM in Eq. (3): Eq. (4) l2, Eq. (8) rbf/poly/linear, or the official "
+                        "code's l1_official")
     p.add_argument("--lsp-weight", type=float, default=100.0, help="λ of Eq. (7)")
     p.add_argument("--teacher-first", action="store_true",
                    help="KL(LS_t || LS_s) as the official code, instead of Eq. (5)")

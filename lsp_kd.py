@@ -354,13 +354,14 @@ def neighbour_rank_correlation(feat_s, feat_t, edge_index, num_nodes=None, min_n
     teacher's distances ||z_i - z_j|| to i's neighbours j: 1 when the student orders the
     neighbourhood as the teacher does, ~0 for unrelated features. Unlike the KL of LS it
     needs no kernel and cannot saturate. Returns (N,) float64, NaN for centres with fewer
-    than min_neighbours incoming edges or with all distances tied; average with nanmean."""
+    than min_neighbours incoming edges, with all distances tied, or with a non-finite
+    distance (diverged features); average with nanmean."""
     N = feat_s.size(0) if num_nodes is None else num_nodes
     _check_graph(edge_index, N)
     dst = edge_index[1]
     dist2 = lambda z_i, z_j: (z_i - z_j).double().pow(2).sum(-1)  # noqa: E731, same ranks as d
-    r_s = _ranks_in_groups(per_edge(dist2, feat_s, edge_index), dst)   # (E,)
-    r_t = _ranks_in_groups(per_edge(dist2, feat_t, edge_index), dst)   # (E,)
+    d_s, d_t = per_edge(dist2, feat_s, edge_index), per_edge(dist2, feat_t, edge_index)  # (E,)
+    r_s, r_t = _ranks_in_groups(d_s, dst), _ranks_in_groups(d_t, dst)  # (E,) each
 
     def group_sum(x):                                         # Σ over i's edges, (N,)
         return torch.zeros(N, dtype=torch.float64, device=x.device).index_add_(0, dst, x)
@@ -370,7 +371,9 @@ def neighbour_rank_correlation(feat_s, feat_t, edge_index, num_nodes=None, min_n
     c_t = r_t - (group_sum(r_t) / deg.clamp_min(1))[dst]
     var = group_sum(c_s * c_s) * group_sum(c_t * c_t)         # (N,)
     rho = group_sum(c_s * c_t) / var.sqrt()                   # Pearson r of the ranks
-    return torch.where((deg >= min_neighbours) & (var > 0), rho, torch.full_like(rho, float("nan")))
+    finite = group_sum((~(d_s.isfinite() & d_t.isfinite())).double()) == 0  # no NaN/inf
+    return torch.where((deg >= min_neighbours) & (var > 0) & finite, rho,
+                       torch.full_like(rho, float("nan")))
 
 
 def union_graph(edge_index_s, edge_index_t, num_nodes=None):

@@ -6,7 +6,7 @@ aggregates over its own graph. One command trains the teacher if its checkpoint 
 then the student:
 
     python train_modelnet.py --lsp --kernel rbf
-    python train_modelnet.py --data synthetic --epochs 20 --teacher-epochs 20 --lsp
+    python train_modelnet.py --data synthetic --epochs 20 --teacher-epochs 20 --lsp --sigma auto
 
 As DGCNN, no validation split exists: accuracies are those of the last epoch.
 Dimensions: B clouds, P points, F features, k neighbours, C = 40 classes.
@@ -190,7 +190,7 @@ def make_parser():
     p.add_argument("--smoothing", type=float, default=0.2, help="label smoothing ε")
     # run
     add_run_args(p, out_dir="runs/modelnet",
-                 dry_run="1 epoch of 1 batch each, few small synthetic clouds")
+                 dry_run="1 epoch of 1 batch each (with --data synthetic: few small clouds)")
     return p
 
 

@@ -695,6 +695,8 @@ def test_neighbour_rank_correlation_on_sparse_graphs():
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     assert not np.isnan(got[9]) and np.isnan(got[:9]).all()
     assert got[9] == pytest.approx(want[9])
+    f_s[3] = float("nan")                                       # a diverged student
+    assert np.isnan(neighbour_rank_correlation(f_s, f_t, edge_index).numpy()).all()
 
 
 def test_neighbour_rank_correlation_scaled_teacher_and_random():
