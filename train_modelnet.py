@@ -22,12 +22,15 @@ import torch.nn.functional as F
 
 import data
 import lsp_kd
-from experiment import (TEST_BATCH, Meter, add_distill_args, add_run_args, add_teacher_args,
-                        check_distill_flags, cost_of, distill_terms, distilling, epoch_means,
-                        given_flags, int_list, load_or_train_teacher, log_epoch, log_structure,
-                        log_table, method_name, open_run_log, paper_row, parser_for, pick_device,
-                        save_results, set_seed, structure_metrics, structure_results, summarize,
-                        teacher_output, teacher_sigma, teacher_structure, total_loss)
+from experiment import (SAVE_EVERY, TEST_BATCH, Meter, add_distill_args, add_run_args,
+                        add_teacher_args, check_distill_flags, check_finite, cost_of,
+                        distill_terms, distilling, epoch_means, given_flags, int_list,
+                        load_or_train_teacher, log_epoch, log_structure, log_table, main_guard,
+                        method_name, open_run, paper_row, parser_for, pick_device, require,
+                        restore_training_state, save_results, save_snapshot, set_seed,
+                        structure_metrics, structure_results, summarize, teacher_output,
+                        teacher_provenance, teacher_sigma, teacher_structure, total_loss,
+                        training_state)
 from models import STUDENT_VARIANTS, dgcnn_student, dgcnn_teacher, num_params
 
 PROBE_BATCHES = 4  # training batches on which the teacher's structure is measured (and its σ)
@@ -96,7 +99,8 @@ def probe_teacher(args, ds, student, teacher, device, log):
 # ----------------------------------------------------------------------------------------
 # Training
 
-def train_epoch(model, ds, args, opt, gen, device, teacher=None, regressor=None, sigma_t=None):
+def train_epoch(model, ds, args, opt, gen, device, epoch, teacher=None, regressor=None,
+                sigma_t=None):
     """One pass of SGD over the training clouds (Eq. 7); returns {term: mean over steps}."""
     model.train()
     history = []
@@ -113,6 +117,7 @@ def train_epoch(model, ds, args, opt, gen, device, teacher=None, regressor=None,
             cloud = torch.arange(B, device=device).repeat_interleave(P)  # (B*P,) cloud id
             terms.update(distill_terms(args, f_s, logits, ei_s, out_t, cloud, regressor))
         loss = total_loss(args, terms["ce"], terms)
+        check_finite(loss, terms, epoch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -121,11 +126,13 @@ def train_epoch(model, ds, args, opt, gen, device, teacher=None, regressor=None,
 
 
 def train(model, ds, args, device, log, epochs, seed, teacher=None, sigma_t=None,
-          structure=None):
+          structure=None, snapshot=None, resume=None, save_progress=None):
     """SGD with cosine annealing and label smoothing for `epochs`, the batches drawn from
     `seed` (teacher: distil from it, its σ sigma_t under --sigma auto); structure() ->
-    metrics is logged after the epochs of STRUCTURE_EPOCHS. Returns {epoch, best_val,
-    s_per_epoch, peak_mb, memory, structure_by_epoch} of the last epoch."""
+    metrics is logged after the epochs of STRUCTURE_EPOCHS, snapshot(epoch) may save the
+    weights. The teacher goes on from a training_state `resume`, and hands one to
+    save_progress every SAVE_EVERY epochs. Returns {epoch, best_val, s_per_epoch, peak_mb,
+    memory, structure_by_epoch, ...} of the last epoch."""
     # NOTE: the paper gives only SGD, lr 0.1, momentum 0.9 and 250 epochs; here the rest as
     # DGCNN's code (cosine to 1e-3, weight decay 1e-4, label smoothing 0.2, batch 32),
     # because the paper builds on DGCNN.
@@ -138,13 +145,18 @@ def train(model, ds, args, device, log, epochs, seed, teacher=None, sigma_t=None
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs, eta_min=args.lr_min)
     gen = torch.Generator().manual_seed(seed)
     meter, record = Meter(device), {"structure_by_epoch": {}, "sigma_s_by_epoch": []}
-    for epoch in range(epochs):
+    start = 0 if resume is None else restore_training_state(resume, model, opt, gen, sched)
+    for epoch in range(start, epochs):
         t0 = time.time()
+        lr = sched.get_last_lr()[0]  # this epoch's
         meter.start()  # one "iteration" of the meter = one epoch here, as in Table 4
-        means = train_epoch(model, ds, args, opt, gen, device, teacher, regressor, sigma_t)
+        means = train_epoch(model, ds, args, opt, gen, device, epoch, teacher, regressor,
+                            sigma_t)
         sched.step()
         meter.stop()
-        log_epoch(log, epoch, means, f"lr {sched.get_last_lr()[0]:.4f}", t0, structure, record)
+        log_epoch(log, epoch, means, f"lr {lr:.4f}", t0, structure, record, snapshot)
+        if save_progress is not None and (epoch + 1) % SAVE_EVERY == 0 and epoch + 1 < epochs:
+            save_progress(training_state(epoch, model, opt, gen, sched))
     return {"epoch": epochs - 1, "best_val": None, "s_per_epoch": meter.s_per_iter(),
             "peak_mb": meter.peak_mb(), "memory": meter.memory, **record}
 
@@ -189,85 +201,108 @@ def make_parser():
     p.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
     p.add_argument("--smoothing", type=float, default=0.2, help="label smoothing ε")
     # run
-    add_run_args(p, out_dir="runs/modelnet",
-                 dry_run="1 epoch of 1 batch each (with --data synthetic: few small clouds)")
+    add_run_args(p, out_dir="runs/modelnet", dry_run="1 epoch of 1 batch each, on few small "
+                 "synthetic clouds unless --data modelnet40 is given")
     return p
 
 
 def get_args(argv=None):
     p = make_parser()
-    args = p.parse_args(argv)
-    if min(args.epochs, args.teacher_epochs) < 1:
-        p.error("--epochs and --teacher-epochs must be >= 1")
+    args, given = p.parse_args(argv), given_flags(p, argv)
+    # checked now, not after the teacher has trained: BatchNorm in training needs 2 clouds a
+    # batch; the teacher's kNN graph needs more than k points a cloud
+    teacher, student = dgcnn_teacher(), dgcnn_student(args.variant, args.channels_s, args.mlp_s)
+    require(p, args, ("epochs", lambda v: v >= 1, ">= 1"),
+            ("teacher_epochs", lambda v: v >= 1, ">= 1"),
+            ("batch_size", lambda v: v >= 2, ">= 2 (BatchNorm needs 2 clouds a batch)"),
+            ("lr", lambda v: v > 0, "> 0"), ("lr_min", lambda v: 0 <= v <= args.lr, "in [0, --lr]"),
+            ("weight_decay", lambda v: v >= 0, ">= 0"),
+            ("smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("num_points", lambda v: v > teacher.k, f"> {teacher.k} (the teacher's k)"),
+            ("k_s", lambda v: 0 < v < args.num_points, f"in [1, --num-points = {args.num_points})"),
+            ("train_per_class", lambda v: v >= 1, ">= 1"),
+            ("test_per_class", lambda v: v >= 1, ">= 1"))
     if args.dry_run:
         args.epochs = args.teacher_epochs = 1
         args.batch_size = min(args.batch_size, 4)
+        if "data" not in given:  # as --help promises: a smoke test needs no download
+            args.data = "synthetic"
         if args.data == "synthetic":
             args.train_per_class, args.test_per_class = 1, 1
             args.num_points = min(args.num_points, 128)
-    check_distill_flags(p, args, given_flags(p, argv))
-    if not 0 < args.k_s < args.num_points:
-        p.error(f"the student's k = {args.k_s} must be in [1, --num-points = {args.num_points})")
+    check_distill_flags(p, args, given)
+    for name, convs in (("teacher", len(teacher.convs)), ("student", len(student.convs))):
+        require(p, args, ("lsp_layer", lambda v: -convs <= v < convs,
+                          f"an EdgeConv layer of the {name}, in [-{convs}, {convs - 1}]"))
     return args
 
 
 # ----------------------------------------------------------------------------------------
 # The experiment: data, teacher, student, report
 
+def data_name(args):
+    """The data's name in file names and results: "modelnet40", or the synthetic set's
+    settings; the number of points is the run's, not the data's (--num-points)."""
+    return (f"synthetic-{args.train_per_class}x{args.test_per_class}-seed{args.data_seed}"
+            if args.data == "synthetic" else "modelnet40")
+
+
 def load_data(args):
-    """-> (ds {train_points, train_labels, test_points, test_labels, class_names}, data_name)."""
+    """-> ds {train_points, train_labels, test_points, test_labels, class_names}."""
     if args.data == "synthetic":
         ds = data.synthetic_modelnet40(args.train_per_class, args.test_per_class,
                                        args.num_points, seed=args.data_seed)
-        data_name = f"synthetic-{args.train_per_class}x{args.test_per_class}-seed{args.data_seed}"
     else:
         try:
-            ds, data_name = data.load_modelnet40(args.data_dir, url=args.url), "modelnet40"
+            ds = data.load_modelnet40(args.data_dir, url=args.url)
         except data.DataError as e:
             sys.exit(f"error: {e}")
     available = ds["train_points"].shape[1]
     if args.num_points > available:
         sys.exit(f"error: --num-points {args.num_points} is more than the {available} points "
                  f"per cloud that the data holds")
-    return ds, data_name
+    return ds
 
 
-def get_teacher(args, ds, data_name, device, log):
-    """The paper's DGCNN teacher: loaded from its checkpoint, or trained and saved; frozen."""
+def get_teacher(args, ds, device, run_dir, log):
+    """The paper's DGCNN teacher: loaded from its checkpoint, or trained and saved; frozen.
+    It is trained with the run's --num-points, --batch-size, --lr, --lr-min, --weight-decay
+    and --smoothing, which its checkpoint's name records with everything else that decides
+    it."""
     set_seed(args.teacher_seed)  # its initialisation, should it be trained here
     teacher = dgcnn_teacher(num_classes=len(ds["class_names"])).to(device)
-    if not 0 < teacher.k < args.num_points:
-        sys.exit(f"error: the teacher's k = {teacher.k} must be in [1, --num-points = "
-                 f"{args.num_points})")
+    config = {"experiment": "modelnet", "data": data_name(args), "model": "dgcnn_teacher",
+              "num_points": args.num_points, "epochs": args.teacher_epochs,
+              "seed": args.teacher_seed, "lr": args.lr, "lr_min": args.lr_min,
+              "weight_decay": args.weight_decay, "smoothing": args.smoothing,
+              "batch_size": args.batch_size, "dry_run": args.dry_run}
     return teacher, load_or_train_teacher(
-        teacher, args, data_name, f"modelnet_teacher_{data_name}",
-        lambda: train(teacher, ds, args, device, lambda m: log("teacher " + m),
-                      args.teacher_epochs, args.teacher_seed),
-        lambda c: f"{c['epoch'] + 1} epochs", log)
+        teacher, args, config, f"modelnet_teacher_{data_name(args)}",
+        lambda resume, save_progress: train(
+            teacher, ds, args, device, lambda m: log("teacher " + m), args.teacher_epochs,
+            args.teacher_seed, resume=resume, save_progress=save_progress),
+        lambda c: "no validation split: the last epoch's weights", run_dir, log)
 
 
-def train_student(args, ds, teacher, device, log):
+def train_student(args, ds, teacher, device, run_dir, log):
     """The student (Table 4, or a Table 6 variant) trained with what args asks for;
     -> (student, train's dict)."""
     set_seed(args.seed)
     student = dgcnn_student(args.variant, args.channels_s, args.mlp_s, k=args.k_s).to(device)
-    for name, m in (("teacher", teacher), ("student", student)):
-        if not -len(m.convs) <= args.lsp_layer < len(m.convs):
-            sys.exit(f"error: --lsp-layer {args.lsp_layer} is not an EdgeConv layer of the "
-                     f"{name} ({len(m.convs)} layers)")
     log(f"{method_name(args)}: teacher {num_params(teacher):,} params (k={teacher.k}), student "
         f"{num_params(student):,} params (k={args.k_s}, EdgeConv "
         f"{[c.fc.out_features for c in student.convs]})")
     sigma_t, structure_t = probe_teacher(args, ds, student, teacher, device, log)
     fit = train(student, ds, args, device, log, args.epochs, args.seed,
                 teacher if distilling(args) else None, sigma_t,
-                lambda: test_structure(student, teacher, ds, args, device))
+                lambda: test_structure(student, teacher, ds, args, device),
+                lambda epoch: save_snapshot(args, run_dir, student, epoch))
     return student, {**fit, "teacher_structure": structure_t}
 
 
-def report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit):
-    """Test the student and the teacher, save results_<run>.json and args_<run>.json, and
-    print a row in the columns of Table 4."""
+def report(args, run_dir, ds, device, log, teacher, ckpt, student, fit):
+    """Test the student and the teacher, save the student's checkpoint, results.json and
+    cost.json into run_dir, and print a row in the columns of Table 4."""
     # NOTE: the paper does not say which epoch it reports; here the last epoch's, as DGCNN,
     # because the release has no validation split and the best test epoch would be chosen on
     # the test set.
@@ -281,30 +316,35 @@ def report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit):
     batches = itertools.islice(data.pointcloud_batches(
         ds["test_points"], ds["test_labels"], TEST_BATCH, args.num_points), 3)
     clouds = [((pts.to(device),), len(pts)) for pts, _ in batches]  # per cloud, 3 batches
-    method, t = method_name(args), cost_of(teacher, clouds, 1, ckpt, "epoch")
-    res = {"method": method, "data": data_name, **cost_of(student, clouds, 1, fit, "epoch"),
-           "acc": acc, "macc": macc, **structure_results(structure, fit),
-           "teacher": {**t, "acc": t_acc, "macc": t_macc}, "device": str(device)}
-    results = save_results(args, run, res, student, fit)
-    log_table(log, "modelnet", [("Teacher", t, [t_acc, t_macc], "teacher"),
-                                (method, res, [acc, macc], paper_row(args, "modelnet"))])
-    log(f"mem = {fit['memory']}; Acc/mAcc = last epoch, test set; results in {results}")
+    method = method_name(args)
+    cost = {"student": cost_of(student, clouds, 1, fit, "epoch"),
+            "teacher": cost_of(teacher, clouds, 1, ckpt, "epoch")}
+    res = {"experiment": "modelnet", "method": method, "data": data_name(args),
+           "num_points": args.num_points, "params": cost["student"]["params"], "acc": acc,
+           "macc": macc, **structure_results(structure, fit),
+           "teacher": {"params": cost["teacher"]["params"], "acc": t_acc, "macc": t_macc,
+                       **teacher_provenance(ckpt)}, "device": str(device)}
+    results = save_results(args, run_dir, res, cost, student, fit)
+    log_table(log, "modelnet", [("Teacher", cost["teacher"], [t_acc, t_macc], "teacher"),
+                                (method, cost["student"], [acc, macc],
+                                 paper_row(args, "modelnet"))])
+    log(f"Acc/mAcc = last epoch, test set; results in {results}")
 
 
 def main(argv=None):
     args = get_args(argv)
     if args.summarize:
-        summarize(args.summarize, ["acc", "macc"])
+        summarize(args.summarize, "modelnet", ["acc", "macc"])
         return
     device = pick_device(args.device)
-    ds, data_name = load_data(args)
-    run, log = open_run_log(args, data_name)
-    log(f"data {data_name}: train {len(ds['train_labels'])} clouds, test "
+    run_dir, log = open_run(args, data_name(args), "modelnet")
+    ds = load_data(args)
+    log(f"data {data_name(args)}: train {len(ds['train_labels'])} clouds, test "
         f"{len(ds['test_labels'])} clouds, {args.num_points} points | {device}")
-    teacher, ckpt = get_teacher(args, ds, data_name, device, log)
-    student, fit = train_student(args, ds, teacher, device, log)
-    report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit)
+    teacher, ckpt = get_teacher(args, ds, device, run_dir, log)
+    student, fit = train_student(args, ds, teacher, device, run_dir, log)
+    report(args, run_dir, ds, device, log, teacher, ckpt, student, fit)
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main)

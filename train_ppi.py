@@ -22,12 +22,15 @@ import torch.nn.functional as F
 
 import data
 import lsp_kd
-from experiment import (Meter, TeacherOutput, add_distill_args, add_run_args, add_teacher_args,
-                        check_distill_flags, cost_of, distill_terms, distilling, epoch_means,
-                        given_flags, kernel_kwargs, load_or_train_teacher, log_epoch, log_structure,
-                        log_table, method_name, open_run_log, paper_row, parser_for, pick_device,
-                        save_results, set_seed, stack_outputs, structure_metrics, structure_results,
-                        summarize, teacher_sigma, teacher_structure, total_loss)
+from experiment import (SAVE_EVERY, Meter, TeacherOutput, add_distill_args, add_run_args,
+                        add_teacher_args, check_distill_flags, check_finite, cost_of,
+                        distill_terms, distilling, epoch_means, given_flags, kernel_kwargs,
+                        load_or_train_teacher, log_epoch, log_structure, log_table, main_guard,
+                        method_name, open_run, paper_row, parser_for, pick_device, require,
+                        restore_training_state, save_results, save_snapshot, set_seed,
+                        stack_outputs, structure_metrics, structure_results, summarize,
+                        teacher_provenance, teacher_sigma, teacher_structure, total_loss,
+                        training_state)
 from models import gat_student, gat_teacher, num_params
 
 # NOTE: the paper's LSP is Eq. (3)-(7) with RBF, λ = 100, in every epoch; the official code
@@ -116,6 +119,7 @@ def train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t=None, regressor=
                 stack_outputs([outs_t[i] for i in idx]), g.batch.to(device), regressor,
                 multilabel=True, with_lsp=args.lsp_epochs is None or epoch < args.lsp_epochs))
         loss = total_loss(args, terms["bce"], terms)
+        check_finite(loss, terms, epoch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -124,11 +128,14 @@ def train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t=None, regressor=
     return epoch_means(history)
 
 
-def train(model, ds, args, device, log, epochs, seed, outs_t=None, structure=None):
+def train(model, ds, args, device, log, epochs, seed, outs_t=None, structure=None,
+          snapshot=None, resume=None, save_progress=None):
     """Train `model` (the teacher, or with the teacher's outputs outs_t the student) for
     `epochs`, the batch order drawn from `seed`; structure() -> metrics is logged after the
-    epochs of STRUCTURE_EPOCHS. Returns {best_val, epoch, s_per_iter, peak_mb, memory,
-    structure_by_epoch}, the model left holding the weights of its best-validation epoch."""
+    epochs of STRUCTURE_EPOCHS, snapshot(epoch) may save the weights. The teacher goes on
+    from a training_state `resume`, and hands one to save_progress every SAVE_EVERY epochs.
+    Returns {best_val, epoch, s_per_iter, peak_mb, memory, structure_by_epoch, ...}, the
+    model left holding the weights of its best-validation epoch."""
     regressor = None
     if outs_t is not None and args.fitnet:  # FitNet's learned regressor F_s -> F_t
         hidden = model.layers[:-1][args.lsp_layer_s]  # the hidden layer LSP/AT/FitNet use
@@ -137,8 +144,11 @@ def train(model, ds, args, device, log, epochs, seed, outs_t=None, structure=Non
     opt = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     meter, record = Meter(device), {"structure_by_epoch": {}, "sigma_s_by_epoch": []}
-    best_val, best_epoch, best_state = -1.0, -1, None
-    for epoch in range(epochs):
+    best_val, best_epoch, best_state, start = -1.0, -1, None, 0
+    if resume is not None:  # an interrupted teacher: on from its last saved epoch
+        start = restore_training_state(resume, model, opt, gen)
+        best_val, best_epoch, best_state = resume["best"]
+    for epoch in range(start, epochs):
         t0 = time.time()
         means = train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t, regressor)
         # NOTE: the paper does not say which epoch it reports (the official code keeps its
@@ -148,7 +158,10 @@ def train(model, ds, args, device, log, epochs, seed, outs_t=None, structure=Non
         if val > best_val:
             best_val, best_epoch = val, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        log_epoch(log, epoch, means, f"val f1 {val:.4f}", t0, structure, record)
+        log_epoch(log, epoch, means, f"val f1 {val:.4f}", t0, structure, record, snapshot)
+        if save_progress is not None and (epoch + 1) % SAVE_EVERY == 0 and epoch + 1 < epochs:
+            save_progress(training_state(epoch, model, opt, gen,
+                                         best=(best_val, best_epoch, best_state)))
     model.load_state_dict(best_state)
     return {"best_val": best_val, "epoch": best_epoch, "s_per_iter": meter.s_per_iter(),
             "peak_mb": meter.peak_mb(), "memory": meter.memory, **record}
@@ -187,8 +200,8 @@ def make_parser():
     p.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay")
     p.add_argument("--batch-size", type=int, default=2, help="graphs per training batch")
     # run
-    add_run_args(p, out_dir="runs/ppi",
-                 dry_run="1 epoch of 1 batch each (with --data synthetic: tiny graphs)")
+    add_run_args(p, out_dir="runs/ppi", dry_run="1 epoch of 1 batch each, on tiny synthetic "
+                 "graphs unless --data ppi is given")
     return p
 
 
@@ -207,10 +220,20 @@ def get_args(argv=None):
         args.lsp = True
         vars(args).update(OFFICIAL)
     check_distill_flags(p, args, given)
-    if args.scale <= 0 or min(args.epochs, args.teacher_epochs) < 1:
-        p.error(f"need --scale > 0 (got {args.scale}) and at least 1 epoch")
+    require(p, args, ("epochs", lambda v: v >= 1, ">= 1"),
+            ("teacher_epochs", lambda v: v >= 1, ">= 1"),
+            ("batch_size", lambda v: v >= 1, ">= 1 (graphs per batch)"),
+            ("lr", lambda v: v > 0, "> 0"), ("weight_decay", lambda v: v >= 0, ">= 0"),
+            ("scale", lambda v: 0 < v <= 1, "in (0, 1]"),
+            ("lsp_epochs", lambda v: v is None or v >= 1, ">= 1"))
+    for flag, model in (("lsp_layer_s", gat_student()), ("lsp_layer_t", gat_teacher())):
+        hidden = len(model.layers) - 1  # checked now, not after the teacher has trained
+        require(p, args, (flag, lambda v: -hidden <= v < hidden,
+                          f"a hidden layer, in [-{hidden}, {hidden - 1}]"))
     if args.dry_run:
         args.epochs = args.teacher_epochs = 1
+        if "data" not in given:  # as --help promises: a smoke test needs no download
+            args.data = "synthetic"
         if args.data == "synthetic":
             args.scale = min(args.scale, 0.03)
     return args
@@ -219,33 +242,42 @@ def get_args(argv=None):
 # ----------------------------------------------------------------------------------------
 # The experiment: data, teacher, student, report
 
+def data_name(args):
+    """The data's name in file names and results: "ppi", or the synthetic set's settings."""
+    return (f"synthetic-scale{args.scale:g}-seed{args.data_seed}" if args.data == "synthetic"
+            else "ppi")
+
+
 def load_data(args):
-    """-> (ds {train, valid, test: [Graph]}, data_name)."""
+    """-> ds {train, valid, test: [Graph]}."""
     if args.data == "synthetic":
-        ds = data.synthetic_ppi(seed=args.data_seed, scale=args.scale)
-        return ds, f"synthetic-scale{args.scale:g}-seed{args.data_seed}"
+        return data.synthetic_ppi(seed=args.data_seed, scale=args.scale)
     try:
-        return data.load_ppi(args.data_dir, url=args.url), "ppi"
+        return data.load_ppi(args.data_dir, url=args.url)
     except data.DataError as e:
         sys.exit(f"error: {e}")
 
 
-def get_teacher(args, ds, data_name, device, log):
-    """The teacher of Table 1: loaded from its checkpoint, or trained and saved; frozen."""
+def get_teacher(args, ds, device, run_dir, log):
+    """The teacher of Table 1: loaded from its checkpoint, or trained and saved; frozen. It is
+    trained with the run's --lr, --weight-decay and --batch-size, which its checkpoint's
+    name records with everything else that decides it."""
     set_seed(args.teacher_seed)  # its initialisation, should it be trained here
     teacher = gat_teacher().to(device)
+    config = {"experiment": "ppi", "data": data_name(args), "model": "gat_teacher",
+              "epochs": args.teacher_epochs, "seed": args.teacher_seed, "lr": args.lr,
+              "weight_decay": args.weight_decay, "batch_size": args.batch_size,
+              "dry_run": args.dry_run}
     ckpt = load_or_train_teacher(
-        teacher, args, data_name, f"ppi_teacher_{data_name}",
-        lambda: train(teacher, ds, args, device, lambda m: log("teacher " + m),
-                      args.teacher_epochs, args.teacher_seed),
-        lambda c: f"best val f1 {c['best_val']:.4f} at epoch {c['epoch']}", log)
-    if not -len(teacher.layers) < args.lsp_layer_t < len(teacher.layers) - 1:
-        sys.exit(f"error: --lsp-layer-t {args.lsp_layer_t} is not a hidden layer of the "
-                 f"teacher ({len(teacher.layers) - 1} hidden layers)")
+        teacher, args, config, f"ppi_teacher_{data_name(args)}",
+        lambda resume, save_progress: train(
+            teacher, ds, args, device, lambda m: log("teacher " + m), args.teacher_epochs,
+            args.teacher_seed, resume=resume, save_progress=save_progress),
+        lambda c: f"best val f1 {c['best_val']:.4f} at epoch {c['epoch']}", run_dir, log)
     return teacher, ckpt
 
 
-def train_student(args, ds, teacher, outs_t, device, log):
+def train_student(args, ds, teacher, outs_t, device, run_dir, log):
     """The student of Table 2, trained with what args asks for; outs_t: the teacher's outputs
     on the train and test graphs. -> (student, train's dict + teacher_structure)."""
     structure_t = None  # how much structure the teacher offers LSP, on the training graphs
@@ -254,21 +286,19 @@ def train_student(args, ds, teacher, outs_t, device, log):
         structure_t = teacher_structure(args, samples, outs_t["train"][0].sigma, log)
     set_seed(args.seed)
     student = gat_student().to(device)
-    if not -len(student.layers) < args.lsp_layer_s < len(student.layers) - 1:
-        sys.exit(f"error: --lsp-layer-s {args.lsp_layer_s} is not a hidden layer of the "
-                 f"student ({len(student.layers) - 1} hidden layers)")
     log(f"{method_name(args)}: teacher {num_params(teacher):,} params, "
         f"student {num_params(student):,}")
     fit = train(student, ds, args, device, log, args.epochs, args.seed,
                 outs_t["train"] if distilling(args) else None,
                 lambda: test_structure(student, args.lsp_layer_s, ds["test"], outs_t["test"],
-                                       device))
+                                       device),
+                lambda epoch: save_snapshot(args, run_dir, student, epoch))
     return student, {**fit, "teacher_structure": structure_t}
 
 
-def report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit, outs_test):
-    """Test the student and the teacher, save the student's checkpoint, results_<run>.json
-    and args_<run>.json, and print a row in the columns of Table 2."""
+def report(args, run_dir, ds, device, log, teacher, ckpt, student, fit, outs_test):
+    """Test the student and the teacher, save the student's checkpoint, results.json and
+    cost.json into run_dir, and print a row in the columns of Table 2."""
     test_f1 = evaluate(student, ds["test"], device)
     teacher_f1 = evaluate(teacher, ds["test"], device)
     structure = test_structure(student, args.lsp_layer_s, ds["test"], outs_test, device)
@@ -277,35 +307,37 @@ def report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit, o
     log_structure(log, "local structure on the test graphs, best-validation epoch (Eq. 5-6, "
                   "RBF)", structure)
     graphs = [((g.x.to(device), g.edge_index.to(device)), 1) for g in ds["test"]]  # per graph
-    method, t = method_name(args), cost_of(teacher, graphs, 3, ckpt, "iter")
-    res = {"method": method, "data": data_name, **cost_of(student, graphs, 3, fit, "iter"),
-           "best_epoch": fit["epoch"], "val_f1": fit["best_val"], "test_f1": test_f1,
-           **structure_results(structure, fit), "teacher": {**t, "test_f1": teacher_f1},
-           "device": str(device)}
-    results = save_results(args, run, res, student, fit)
-    log_table(log, "ppi", [("Teacher", t, [teacher_f1], "teacher"),
-                           (method, res, [test_f1], paper_row(args, "ppi"))])
-    log(f"mem = {fit['memory']}; F1 = test micro-F1 at the best-validation epoch; "
-        f"results in {results}")
+    method = method_name(args)
+    cost = {"student": cost_of(student, graphs, 3, fit, "iter"),
+            "teacher": cost_of(teacher, graphs, 3, ckpt, "iter")}
+    res = {"experiment": "ppi", "method": method, "data": data_name(args),
+           "params": cost["student"]["params"], "best_epoch": fit["epoch"],
+           "val_f1": fit["best_val"], "test_f1": test_f1, **structure_results(structure, fit),
+           "teacher": {"params": cost["teacher"]["params"], "test_f1": teacher_f1,
+                       **teacher_provenance(ckpt)}, "device": str(device)}
+    results = save_results(args, run_dir, res, cost, student, fit)
+    log_table(log, "ppi", [("Teacher", cost["teacher"], [teacher_f1], "teacher"),
+                           (method, cost["student"], [test_f1], paper_row(args, "ppi"))])
+    log(f"F1 = test micro-F1 at the best-validation epoch; results in {results}")
 
 
 def main(argv=None):
     args = get_args(argv)
     if args.summarize:
-        summarize(args.summarize, ["test_f1"])
+        summarize(args.summarize, "ppi", ["test_f1"])
         return
     device = pick_device(args.device)
-    ds, data_name = load_data(args)
-    run, log = open_run_log(args, data_name)
-    log(f"data {data_name}: " + ", ".join(f"{s} {len(ds[s])} graphs / "
+    run_dir, log = open_run(args, data_name(args), "ppi")
+    ds = load_data(args)
+    log(f"data {data_name(args)}: " + ", ".join(f"{s} {len(ds[s])} graphs / "
                                          f"{sum(g.x.size(0) for g in ds[s])} nodes"
                                          for s in ("train", "valid", "test")) + f" | {device}")
-    teacher, ckpt = get_teacher(args, ds, data_name, device, log)
+    teacher, ckpt = get_teacher(args, ds, device, run_dir, log)
     outs_t = {"train": teacher_outputs(teacher, ds["train"], args, device)}
     outs_t["test"] = teacher_outputs(teacher, ds["test"], args, device, outs_t["train"][0].sigma)
-    student, fit = train_student(args, ds, teacher, outs_t, device, log)
-    report(args, run, data_name, ds, device, log, teacher, ckpt, student, fit, outs_t["test"])
+    student, fit = train_student(args, ds, teacher, outs_t, device, run_dir, log)
+    report(args, run_dir, ds, device, log, teacher, ckpt, student, fit, outs_t["test"])
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main)

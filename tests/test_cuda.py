@@ -160,8 +160,9 @@ def test_script_dry_run_on_cuda(tmp_path, script, flags):
                         "--dry-run", "--device", "cuda", "--out-dir", str(tmp_path), *flags],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    (name,) = [n for n in os.listdir(tmp_path) if n.startswith("results_")]
-    with open(tmp_path / name) as f:
-        res = json.load(f)
-    assert res["device"].startswith("cuda") and res["memory"] == "CUDA allocator peak"
+    (run_dir,) = [p for p in tmp_path.iterdir() if (p / "results.json").exists()]
+    res = json.loads((run_dir / "results.json").read_text())
+    cost = json.loads((run_dir / "cost.json").read_text())
+    assert res["device"].startswith("cuda")
+    assert cost["student"]["memory"] == "CUDA allocator peak"
     assert -1 <= res["rank_corr"] <= 1 and res["structure_by_epoch"]["1"]["ls_kl_auto"] >= 0

@@ -25,10 +25,10 @@ def run(script, *args, cwd=None):
 
 
 def results(out_dir):
-    names = [n for n in os.listdir(out_dir) if n.startswith("results_")]
-    assert len(names) == 1, names
-    with open(os.path.join(out_dir, names[0])) as f:
-        return names[0], json.load(f)
+    """(the run's folder, its results) of the one run in out_dir."""
+    (run_dir,) = [p for p in sorted(os.scandir(out_dir), key=lambda e: e.name) if p.is_dir()]
+    with open(os.path.join(run_dir.path, "results.json")) as f:
+        return run_dir.path, json.load(f)
 
 
 # ----------------------------------------------------------------------------------------
@@ -41,22 +41,25 @@ def test_ppi_dry_run(tmp_path, flags):
     p = run("train_ppi.py", "--data", "synthetic", "--dry-run", "--out-dir", str(tmp_path),
             *flags)
     assert p.returncode == 0, p.stderr
-    name, res = results(tmp_path)
-    assert "synthetic" in name and res["synthetic"] is True
+    run_dir, res = results(tmp_path)
+    assert "synthetic" in os.path.basename(run_dir) and res["synthetic"] is True
     assert all(line.startswith("[synthetic]") for line in p.stdout.splitlines())
     assert 0.0 <= res["test_f1"] <= 1.0 and res["ls_kl"] >= 0.0
-    assert res["memory"] in experiment.MEMORY.values() and res["memory"] in p.stdout
+    with open(os.path.join(run_dir, "cost.json")) as f:
+        cost = json.load(f)
+    assert cost["student"]["memory"] in experiment.MEMORY.values()
+    assert cost["student"]["memory"] in p.stdout
     assert res["params"] == 185_172 and res["teacher"]["params"] == 3_640_748
     assert "best-validation epoch" in p.stdout
     if "--lsp" in flags or "--official" in flags:
         assert "lsp" in res["method"] and "| lsp " in p.stdout
-    with open(os.path.join(tmp_path, name.replace("results_", "args_"))) as f:
+    with open(os.path.join(run_dir, "args.json")) as f:
         assert json.load(f)["dry_run"] is True
 
 
 def test_ppi_offline_error_is_clear(tmp_path):
     data_dir = tmp_path / "ppi"
-    p = run("train_ppi.py", "--data-dir", str(data_dir), "--url",
+    p = run("train_ppi.py", "--data", "ppi", "--data-dir", str(data_dir), "--url",
             (tmp_path / "nowhere" / "ppi.zip").as_uri(), "--dry-run", "--out-dir",
             str(tmp_path / "out"))
     assert p.returncode != 0
@@ -69,8 +72,8 @@ def test_ppi_offline_error_is_clear(tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--kernel", "gaussian"], "invalid choice"),
     (["--lsp-weight", "-1"], "--lsp-weight must be >= 0"),
-    (["--lsp-layer-s", "7"], "not a hidden layer"),
-    (["--teacher-epochs", "0"], "at least 1 epoch"),
+    (["--lsp-layer-s", "7"], "must be a hidden layer"),
+    (["--teacher-epochs", "0"], "--teacher-epochs must be >= 1"),
 ])
 def test_ppi_bad_input(tmp_path, flags, message):
     p = run("train_ppi.py", "--data", "synthetic", "--dry-run", "--out-dir", str(tmp_path),
@@ -90,8 +93,8 @@ def test_cuda_request_without_cuda(tmp_path):
 def test_ppi_teacher_of_another_architecture(tmp_path):
     wrong = gat_student()  # a student where a teacher is expected
     ckpt = tmp_path / "wrong.pt"
-    torch.save({"model": wrong.state_dict(), "arch": experiment.arch_of(wrong),
-                "data": "synthetic-scale0.03-seed0", "epoch": 0, "best_val": 0.0}, ckpt)
+    torch.save({"model": wrong.state_dict(), "arch": experiment.arch_of(wrong), "config": {},
+                "epoch": 0, "best_val": 0.0}, ckpt)
     p = run("train_ppi.py", "--data", "synthetic", "--dry-run", "--teacher-ckpt", str(ckpt),
             "--out-dir", str(tmp_path))
     assert p.returncode != 0 and "another architecture" in p.stderr
@@ -108,7 +111,8 @@ def test_teacher_seed_decides_the_teacher(tmp_path, script):
         p = run(script, "--data", "synthetic", "--dry-run", "--out-dir", str(tmp_path / name),
                 *flags)
         assert p.returncode == 0, p.stderr
-        teachers.append(torch.load(tmp_path / name / "teacher_dry_run.pt", weights_only=False))
+        run_dir, _ = results(tmp_path / name)
+        teachers.append(torch.load(os.path.join(run_dir, "teacher.pt"), weights_only=False))
     a, b, c = (t["model"] for t in teachers)
     for k, v in a.items():
         torch.testing.assert_close(v, b[k], rtol=1e-4, atol=1e-5)
@@ -135,8 +139,8 @@ def test_modelnet_dry_run(tmp_path, flags):
     p = run("train_modelnet.py", "--data", "synthetic", "--dry-run", "--out-dir",
             str(tmp_path), *flags)
     assert p.returncode == 0, p.stderr
-    name, res = results(tmp_path)
-    assert "synthetic" in name and res["synthetic"] is True
+    run_dir, res = results(tmp_path)
+    assert "synthetic" in os.path.basename(run_dir) and res["synthetic"] is True
     assert all(line.startswith("[synthetic]") for line in p.stdout.splitlines())
     assert 0.0 <= res["acc"] <= 1.0 and 0.0 <= res["macc"] <= 1.0 and res["ls_kl"] >= 0.0
     assert res["teacher"]["params"] == 1_809_576
@@ -145,9 +149,9 @@ def test_modelnet_dry_run(tmp_path, flags):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--num-points", "16"], "must be in"),
+    (["--num-points", "16"], "--num-points must be > 20"),
     (["--k-s", "0"], "must be in"),
-    (["--lsp-layer", "9"], "not an EdgeConv layer"),
+    (["--lsp-layer", "9"], "must be an EdgeConv layer"),
     (["--epochs", "0"], "must be >= 1"),
 ])
 def test_modelnet_bad_input(tmp_path, flags, message):
@@ -164,7 +168,8 @@ def test_modelnet_more_points_than_the_files_hold(tmp_path):
             f["data"] = np.random.rand(4, 64, 3).astype(np.float32)
             f["label"] = np.arange(4, dtype=np.uint8).reshape(4, 1)
     (tmp_path / "shape_names.txt").write_text("\n".join(f"c{i}" for i in range(40)) + "\n")
-    p = run("train_modelnet.py", "--data-dir", str(tmp_path), "--num-points", "128",
+    p = run("train_modelnet.py", "--data", "modelnet40", "--data-dir", str(tmp_path),
+            "--num-points", "128",
             "--dry-run", "--out-dir", str(tmp_path / "o"))
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert "more than the 64 points" in p.stderr
@@ -172,7 +177,7 @@ def test_modelnet_more_points_than_the_files_hold(tmp_path):
 
 def test_modelnet_offline_error_is_clear(tmp_path):
     data_dir = tmp_path / "mn40"
-    p = run("train_modelnet.py", "--data-dir", str(data_dir), "--url",
+    p = run("train_modelnet.py", "--data", "modelnet40", "--data-dir", str(data_dir), "--url",
             (tmp_path / "nowhere.zip").as_uri(), "--dry-run", "--out-dir", str(tmp_path / "o"))
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert "--data synthetic" in p.stderr
@@ -182,8 +187,8 @@ def test_modelnet_offline_error_is_clear(tmp_path):
 def test_modelnet_teacher_of_another_architecture(tmp_path):
     wrong = DGCNN((8, 8), emb_dim=0, pool="max", mlp=(16,), k=4)
     ckpt = tmp_path / "wrong.pt"
-    torch.save({"model": wrong.state_dict(), "arch": experiment.arch_of(wrong),
-                "data": "synthetic-1x1-seed0", "epoch": 0}, ckpt)
+    torch.save({"model": wrong.state_dict(), "arch": experiment.arch_of(wrong), "config": {},
+                "epoch": 0}, ckpt)
     p = run("train_modelnet.py", "--data", "synthetic", "--dry-run", "--teacher-ckpt",
             str(ckpt), "--out-dir", str(tmp_path))
     assert p.returncode != 0 and "another architecture" in p.stderr
@@ -359,7 +364,7 @@ def test_inert_lsp_warns_and_sigma_auto_does_not(tmp_path, script, dead_sigma):
                 "--out-dir", str(tmp_path / "alive"))
     assert alive.returncode == 0, alive.stderr
     assert "warning:" not in alive.stderr
-    name, res = results(tmp_path / "alive")
+    run_dir, res = results(tmp_path / "alive")
     assert "sigmaauto" in res["method"]
     offered = res["teacher_structure"]
     assert offered["kl_from_uniform"] > 1e-4 and offered["sigma"] > 0
@@ -370,8 +375,7 @@ def test_inert_lsp_warns_and_sigma_auto_does_not(tmp_path, script, dead_sigma):
     for metrics in (res, res["structure_by_epoch"]["1"]):
         assert metrics["ls_kl"] >= 0 and metrics["ls_kl_auto"] > 0
         assert -1 <= metrics["rank_corr"] <= 1
-    student = tmp_path / "alive" / name.replace("results_", "student_").replace(".json", ".pt")
-    ckpt = torch.load(student, weights_only=False)
+    ckpt = torch.load(os.path.join(run_dir, "student.pt"), weights_only=False)
     assert set(ckpt) >= {"model", "args", "epoch"}
     summary = run(script, "--summarize", str(tmp_path / "alive"))
     assert summary.returncode == 0, summary.stderr

@@ -1,0 +1,251 @@
+"""Runs a user can trust: every bad input ends in one line "error: ..."; the teacher is reused
+only by runs that would train the same one, and resumes after Ctrl-C; a seeded command
+repeats bit for bit; each run has its own folder, and results only when complete."""
+import fcntl
+import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+import experiment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = ["train_ppi.py", "train_modelnet.py"]
+
+
+def run(script, *args, cwd=None):
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def run_dirs(out_dir):
+    return sorted(p for p in out_dir.iterdir() if p.is_dir()) if out_dir.is_dir() else []
+
+
+def assert_one_error_line(p, message):
+    """Exit status != 0, and stderr is the one line "error: ..." holding message."""
+    assert p.returncode != 0, p.stdout
+    assert "Traceback" not in p.stderr, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
+    assert message in lines[0], lines[0]
+
+
+# ----------------------------------------------------------------------------------------
+# Bad input: one line, non-zero exit, nothing half-written
+
+BAD_FLAGS = [  # (script, flags, what the error line says); both scripts where None
+    (None, ["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    (None, ["--epochs", "-5"], "--epochs must be >= 1, got -5"),
+    (None, ["--teacher-epochs", "0"], "--teacher-epochs must be >= 1"),
+    (None, ["--batch-size", "0"], "--batch-size must be >= "),
+    ("train_modelnet.py", ["--batch-size", "1"], "BatchNorm"),
+    (None, ["--lr", "-1"], "--lr must be > 0"),
+    (None, ["--weight-decay", "-1"], "--weight-decay must be >= 0"),
+    (None, ["--sigma", "0"], "σ must be > 0"),
+    (None, ["--sigma", "nan"], "σ must be > 0"),
+    (None, ["--lsp-weight", "-1"], "--lsp-weight must be >= 0"),
+    (None, ["--kernel", "gaussian"], "invalid choice"),
+    (None, ["--save-epochs", "1,x"], "integers separated by commas"),
+    (None, ["--epochs"], "expected one argument"),
+    ("train_ppi.py", ["--scale", "0"], "--scale must be in (0, 1]"),
+    ("train_ppi.py", ["--lsp-layer-t", "5"], "--lsp-layer-t must be a hidden layer"),
+    ("train_ppi.py", ["--lsp-epochs", "0"], "--lsp-epochs must be >= 1"),
+    ("train_modelnet.py", ["--smoothing", "1"], "--smoothing must be in [0, 1)"),
+    ("train_modelnet.py", ["--lr-min", "1"], "--lr-min must be in [0, --lr]"),
+    ("train_modelnet.py", ["--num-points", "20"], "--num-points must be > 20"),
+    ("train_modelnet.py", ["--lsp-layer", "-5"], "--lsp-layer must be an EdgeConv layer"),
+    ("train_modelnet.py", ["--channels-s", "8,,8"], "integers separated by commas"),
+    # diverged: a NaN or infinite loss stops the run instead of writing results of nonsense
+    ("train_ppi.py", ["--lsp", "--kernel", "poly", "--degree", "9", "--lsp-weight", "1e38"],
+     "training diverged"),
+]
+
+
+@pytest.mark.parametrize("script, flags, message",
+                         [(s, f, m) for script, f, m in BAD_FLAGS
+                          for s in ([script] if script else SCRIPTS)])
+def test_bad_flags_end_in_one_error_line(tmp_path, script, flags, message):
+    p = run(script, "--dry-run", "--out-dir", str(tmp_path / "out"), *flags)
+    assert_one_error_line(p, message)
+    assert not list((tmp_path / "out").rglob("results.json"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_unwritable_paths_are_refused_before_training(tmp_path, script):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for flags, message in ((["--out-dir", str(a_file)], "cannot write the run's outputs"),
+                           (["--out-dir", str(a_file / "sub")], "cannot write the run's outputs"),
+                           (["--teacher-ckpt", str(a_file / "t.pt")],
+                            "cannot write the teacher's checkpoint")):
+        p = run(script, "--dry-run", *(["--out-dir", str(tmp_path / "o")] if "--out-dir"
+                                       not in flags else []), *flags)
+        assert_one_error_line(p, message)
+        assert "teacher epoch" not in p.stdout  # found before the teacher trained
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_corrupt_or_foreign_teacher_checkpoint(tmp_path, script):
+    bad = tmp_path / "t.pt"
+    bad.write_bytes(b"not a checkpoint")
+    p = run(script, "--dry-run", "--teacher-ckpt", str(bad), "--out-dir", str(tmp_path / "o"))
+    assert_one_error_line(p, "delete it to train the teacher again")
+    torch.save({"model": {}}, bad)  # a dict, but not one of ours
+    p = run(script, "--dry-run", "--teacher-ckpt", str(bad), "--out-dir", str(tmp_path / "o"))
+    assert_one_error_line(p, "is not a teacher checkpoint of this version")
+
+
+def test_summarize_errors(tmp_path):
+    assert_one_error_line(run("train_ppi.py", "--summarize", str(tmp_path / "none")),
+                          "no such folder")
+    assert_one_error_line(run("train_ppi.py", "--summarize", str(tmp_path)), "no results.json")
+    p = run("train_modelnet.py", "--dry-run", "--out-dir", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    assert_one_error_line(run("train_ppi.py", "--summarize", str(tmp_path)),
+                          "summarize it with its own script")
+    assert run("train_modelnet.py", "--summarize", str(tmp_path)).returncode == 0
+
+
+# ----------------------------------------------------------------------------------------
+# The same command, the same numbers; each run in its own folder
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_seeded_command_repeats_bit_for_bit(tmp_path, script):
+    """The same command twice gives the same results.json, byte for byte (times and memory,
+    which cannot repeat, are in cost.json). The second run replaces the first's files."""
+    cmd = ["--dry-run", "--lsp", "--sigma", "auto", "--fitnet", "--out-dir", str(tmp_path)]
+    first = run(script, *cmd)
+    assert first.returncode == 0, first.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    before = (run_dir / "results.json").read_bytes()
+    second = run(script, *cmd)
+    assert second.returncode == 0, second.stderr
+    assert run_dirs(tmp_path) == [run_dir]
+    assert (run_dir / "results.json").read_bytes() == before
+    log = (run_dir / "log.txt").read_text()
+    assert log.count("command: ") == 1  # the rerun's log replaced the first, not mixed in
+
+
+def test_runs_with_other_arguments_get_their_own_folders(tmp_path):
+    for flags in ([], ["--lr", "0.01"], ["--lr", "0.01", "--lsp-weight", "10", "--lsp"]):
+        p = run("train_ppi.py", "--dry-run", "--out-dir", str(tmp_path), *flags)
+        assert p.returncode == 0, p.stderr
+    dirs = run_dirs(tmp_path)
+    assert len(dirs) == 3
+    commands = [(d / "log.txt").read_text().splitlines()[0] for d in dirs]
+    assert len(set(commands)) == 3 and all(all(
+        line.count("command: ") == 0 for line in (d / "log.txt").read_text().splitlines()[1:])
+        for d in dirs)
+
+
+def test_a_running_command_is_not_run_twice_at_once(tmp_path):
+    p = run("train_ppi.py", "--dry-run", "--out-dir", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    with open(run_dir / "log.txt", "a") as f:  # as the first run holds it while it runs
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        p = run("train_ppi.py", "--dry-run", "--out-dir", str(tmp_path))
+    assert_one_error_line(p, "another run of the same command is writing to")
+    assert (run_dir / "results.json").exists()  # the running one's files were left alone
+
+
+def test_a_restarted_run_first_removes_what_its_last_attempt_left(tmp_path, capsys):
+    args = types.SimpleNamespace(out_dir=str(tmp_path), summarize=None, data="synthetic",
+                                 seed=0, lsp=False, kd=False, at=False, fitnet=False)
+    run_dir, log = experiment.open_run(args, "synthetic-x", "ppi")
+    for name in ("results.json", "cost.json", "student.pt"):
+        open(os.path.join(run_dir, name), "w").close()
+    del log  # the first attempt ends: its log file closes and its lock goes
+    experiment.INTERRUPTED["log"] = None
+    gc.collect()
+    run_dir_again, _ = experiment.open_run(args, "synthetic-x", "ppi")
+    assert run_dir_again == run_dir
+    assert sorted(os.listdir(run_dir)) == ["args.json", "log.txt"]
+
+
+# ----------------------------------------------------------------------------------------
+# The teacher: the right one, its provenance logged, resumable
+
+PPI_SMALL = ["--data", "synthetic", "--scale", "0.03", "--epochs", "1", "--out-dir", "runs"]
+
+
+def test_a_teacher_is_reused_only_by_runs_that_would_train_the_same_one(tmp_path):
+    first = run("train_ppi.py", *PPI_SMALL, "--teacher-epochs", "1", cwd=tmp_path)
+    other = run("train_ppi.py", *PPI_SMALL, "--teacher-epochs", "2", cwd=tmp_path)
+    again = run("train_ppi.py", *PPI_SMALL, "--teacher-epochs", "1", "--lsp", cwd=tmp_path)
+    for p in (first, other, again):
+        assert p.returncode == 0, p.stderr
+    ckpts = sorted((tmp_path / "checkpoints").iterdir())
+    assert len(ckpts) == 2  # one teacher per setting, never a stale one
+    assert "no teacher at" in first.stdout and "no teacher at" in other.stdout
+    assert "teacher loaded from" in again.stdout
+    for p, epochs in ((first, 1), (other, 2), (again, 1)):  # the provenance, always logged
+        (line,) = [l for l in p.stdout.splitlines() if "teacher trained and saved to" in l
+                   or "teacher loaded from" in l]
+        assert f"{epochs} epochs, seed 0, best val f1" in line
+    res = json.loads(next((tmp_path / "runs").rglob("*lsp*/results.json")).read_text())
+    assert res["teacher"]["config"]["epochs"] == 1 and res["teacher"]["file"] in again.stdout
+    # an explicit checkpoint trained otherwise stops the run, naming the difference
+    p = run("train_ppi.py", *PPI_SMALL, "--teacher-epochs", "3", "--teacher-ckpt",
+            str(ckpts[0]), cwd=tmp_path)
+    assert_one_error_line(p, "was trained otherwise than this run would train it (epochs ")
+
+
+def test_modelnet_teacher_records_its_number_of_points(tmp_path):
+    ckpt = str(tmp_path / "t.pt")
+    p = run("train_modelnet.py", "--dry-run", "--num-points", "64", "--teacher-ckpt", ckpt,
+            "--out-dir", str(tmp_path / "o"))
+    assert p.returncode == 0, p.stderr
+    p = run("train_modelnet.py", "--dry-run", "--num-points", "32", "--teacher-ckpt", ckpt,
+            "--out-dir", str(tmp_path / "o"))
+    assert_one_error_line(p, "num_points 64 there, 32 here")
+
+
+def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes_exactly(tmp_path):
+    """A teacher interrupted after its checkpoint at epoch 5 resumes from it when the same
+    command is rerun, and ends bit for bit as a teacher trained without a stop; so does the
+    whole run's results.json."""
+    cmd = [sys.executable, os.path.join(ROOT, "train_ppi.py"), *PPI_SMALL,
+           "--teacher-epochs", "14"]
+    (tmp_path / "a").mkdir()
+    proc = subprocess.Popen(cmd, cwd=tmp_path / "a", stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "teacher epoch 005" in line:  # its checkpoint after epoch 5 is written
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("interrupted: ") and "rerun the same command to resume" in line
+    (resume,) = (tmp_path / "a" / "checkpoints").glob("*.resume")
+    resumed = subprocess.run(cmd, cwd=tmp_path / "a", capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming the teacher's training after epoch" in resumed.stdout
+    assert not resume.exists()
+    (tmp_path / "b").mkdir()
+    straight = subprocess.run(cmd, cwd=tmp_path / "b", capture_output=True, text=True,
+                              timeout=300)
+    assert straight.returncode == 0, straight.stderr
+    (ckpt_a,), (ckpt_b,) = ((tmp_path / d / "checkpoints").glob("*.pt") for d in "ab")
+    a, b = (torch.load(c, weights_only=False) for c in (ckpt_a, ckpt_b))
+    assert a["epoch"] == b["epoch"] and a["best_val"] == b["best_val"]
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    results = [next((tmp_path / d / "runs").rglob("results.json")).read_bytes() for d in "ab"]
+    assert results[0] == results[1]
+
+
+def test_modelnet_epoch_line_shows_the_epochs_own_learning_rate(tmp_path):
+    p = run("train_modelnet.py", "--dry-run", "--lr", "0.05", "--out-dir", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    assert "epoch 000 |" in p.stdout and "| lr 0.0500 |" in p.stdout
