@@ -213,7 +213,7 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes_exactly(tmp_path):
     command is rerun, and ends bit for bit as a teacher trained without a stop; so does the
     whole run's results.json."""
     cmd = [sys.executable, os.path.join(ROOT, "train_ppi.py"), *PPI_SMALL,
-           "--teacher-epochs", "14"]
+           "--teacher-epochs", "8"]
     (tmp_path / "a").mkdir()
     proc = subprocess.Popen(cmd, cwd=tmp_path / "a", stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
