@@ -268,14 +268,15 @@ def summarize(out_dir, experiment, keys):
     for method, runs in runs_of.items():
         print(f"{method:<28} {len(runs):>5} "
               + " ".join(f"{mean_std([r[k] for r in runs]):>17}" for k in keys))
+    per_epoch = [keys[0], "ls_kl", "ls_kl_auto", "rank_corr"]  # the test score, structure
     for method, runs in runs_of.items():
-        print(f"\n{method}: structure on the test data after epoch ({len(runs)} seeds)")
-        print(f"{'epoch':>5} " + " ".join(f"{k:>21}" for k in keys[-3:]))
+        print(f"\n{method}: on the test data after epoch ({len(runs)} seeds)")
+        print(f"{'epoch':>5} " + " ".join(f"{k:>21}" for k in per_epoch))
         by_epoch = [r["structure_by_epoch"] for r in runs]
         for epoch in sorted({int(e) for b in by_epoch for e in b}):
             at = [b[str(epoch)] for b in by_epoch if str(epoch) in b]
             print(f"{epoch:>5} " + " ".join(f"{mean_std([m[k] for m in at]):>21}"
-                                            for k in keys[-3:]))
+                                            for k in per_epoch))
 
 
 # ----------------------------------------------------------------------------------------
@@ -644,8 +645,12 @@ def structure_metrics(triples):
 
 
 def log_structure(log, where, metrics):
+    """One line of structure_metrics (and the test score, when metrics holds it)."""
+    score = "".join(f"; test {name} {metrics[k]:.4f}"
+                    for k, name in (("test_f1", "micro-F1"), ("acc", "acc")) if k in metrics)
     log(f"{where}: KL to the teacher σ = 1 {metrics['ls_kl']:.3e}, σ = median "
-        f"{metrics['ls_kl_auto']:.3e}; neighbour rank correlation {metrics['rank_corr']:.4f}")
+        f"{metrics['ls_kl_auto']:.3e}; neighbour rank correlation {metrics['rank_corr']:.4f}"
+        + score)
 
 
 def log_epoch(log, epoch, means, shown, t0, structure, record, snapshot=None):
@@ -662,7 +667,7 @@ def log_epoch(log, epoch, means, shown, t0, structure, record, snapshot=None):
     if structure is not None and epoch + 1 in STRUCTURE_EPOCHS:
         metrics = structure()
         record["structure_by_epoch"][epoch + 1] = metrics
-        log_structure(log, f"structure after epoch {epoch + 1}", metrics)
+        log_structure(log, f"after epoch {epoch + 1}", metrics)
     if snapshot is not None:
         snapshot(epoch + 1)
 

@@ -295,7 +295,8 @@ def train_student(args, ds, teacher, device, run_dir, log):
     sigma_t, structure_t = probe_teacher(args, ds, student, teacher, device, log)
     fit = train(student, ds, args, device, log, args.epochs, args.seed,
                 teacher if distilling(args) else None, sigma_t,
-                lambda: test_structure(student, teacher, ds, args, device),
+                lambda: {**test_structure(student, teacher, ds, args, device),
+                         "acc": evaluate(student, ds, args, device)[0]},
                 lambda epoch: save_snapshot(args, run_dir, student, epoch))
     return student, {**fit, "teacher_structure": structure_t}
 

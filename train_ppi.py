@@ -290,8 +290,8 @@ def train_student(args, ds, teacher, outs_t, device, run_dir, log):
         f"student {num_params(student):,}")
     fit = train(student, ds, args, device, log, args.epochs, args.seed,
                 outs_t["train"] if distilling(args) else None,
-                lambda: test_structure(student, args.lsp_layer_s, ds["test"], outs_t["test"],
-                                       device),
+                lambda: {**test_structure(student, args.lsp_layer_s, ds["test"], outs_t["test"],
+                                          device), "test_f1": evaluate(student, ds["test"], device)},
                 lambda epoch: save_snapshot(args, run_dir, student, epoch))
     return student, {**fit, "teacher_structure": structure_t}
 
