@@ -282,6 +282,8 @@ def ppi_batches(graphs, batch_size=2, shuffle=True, generator=None):
     as the official code); the graph order is shuffled with the torch generator when shuffle
     is True; the last batch may be smaller. The indices let a caller fetch per-graph cached
     values (e.g. a frozen teacher's outputs)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     order = torch.randperm(len(graphs), generator=generator) if shuffle else range(len(graphs))
     order = list(map(int, order))
     for start in range(0, len(order), batch_size):
@@ -396,8 +398,13 @@ def pointcloud_batches(points, labels, batch_size, num_points=1024, train=False,
     its points shuffled; all random draws come from the torch generator. drop_last defaults
     to train. Test batches are the clouds unchanged, in order."""
     points, labels = torch.as_tensor(points), torch.as_tensor(labels).long().view(-1)
-    if num_points > points.size(1):
+    if points.dim() != 3 or len(labels) != len(points):
+        raise ValueError(f"points must be (N, P, 3) with N labels, got {tuple(points.shape)} "
+                         f"and {len(labels)} labels")
+    if not 0 < num_points <= points.size(1):
         raise ValueError(f"num_points={num_points}, but the clouds have {points.size(1)} points")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     drop_last = train if drop_last is None else drop_last
     n = points.size(0)
     order = torch.randperm(n, generator=generator) if train else torch.arange(n)

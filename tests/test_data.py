@@ -532,6 +532,23 @@ def test_pointcloud_test_batches_are_unaugmented():
         next(data.pointcloud_batches(points, np.arange(10), 4, num_points=33))
 
 
+@pytest.mark.parametrize("kwargs, says", [
+    ({"num_points": 0}, "num_points=0"),
+    ({"batch_size": 0}, "batch_size must be >= 1"),
+    ({"labels": np.arange(9)}, "with N labels"),
+])
+def test_pointcloud_batches_errors(kwargs, says):
+    args = {"points": np.zeros((10, 32, 3), np.float32), "labels": np.arange(10),
+            "batch_size": 4, "num_points": 16, **kwargs}
+    with pytest.raises(ValueError, match=says):
+        next(data.pointcloud_batches(**args))
+
+
+def test_ppi_batches_batch_size_error():
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        next(data.ppi_batches([toy_graph(3, 0)], 0))
+
+
 def test_pointcloud_train_augmentation():
     points = np.random.default_rng(0).normal(size=(10, 32, 3)).astype(np.float32)
     run = lambda seed: list(data.pointcloud_batches(  # noqa: E731
