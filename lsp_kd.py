@@ -451,6 +451,9 @@ def kd_loss(logits_s, logits_t, T=4.0, multilabel=False):
         samples and labels (for PPI, whose 121 labels have no softmax; the paper skips KD).
     Args: logits_s, logits_t: (N, C). Returns a scalar; no gradient reaches logits_t.
     """
+    if logits_s.shape != logits_t.shape:
+        raise ValueError(f"logits_s and logits_t must have the same shape (N, C), got "
+                         f"{tuple(logits_s.shape)} and {tuple(logits_t.shape)}")
     logits_t = logits_t.detach()
     if multilabel:
         s, t = logits_s / T, logits_t / T
@@ -470,7 +473,11 @@ def fitnet_loss(feat_s, feat_t, regressor):
     Args: feat_s (N, F_s); feat_t (N, F_t); regressor: a learned map F_s -> F_t
     (e.g. torch.nn.Linear(F_s, F_t)), trained together with the student.
     """
-    return F.mse_loss(regressor(feat_s), feat_t.detach())
+    pred = regressor(feat_s)                                   # (N, F_t)
+    if pred.shape != feat_t.shape:
+        raise ValueError(f"regressor(feat_s) must have feat_t's shape {tuple(feat_t.shape)}, "
+                         f"got {tuple(pred.shape)}")
+    return F.mse_loss(pred, feat_t.detach())
 
 
 def at_loss(feat_s, feat_t, batch=None):
@@ -485,6 +492,9 @@ def at_loss(feat_s, feat_t, batch=None):
                          f"{feat_s.size(0)} and {feat_t.size(0)}")
     if batch is None:
         batch = torch.zeros(feat_s.size(0), dtype=torch.long, device=feat_s.device)
+    if batch.shape != feat_s.shape[:1]:
+        raise ValueError(f"batch must be (N,) = ({feat_s.size(0)},), one graph id per node, "
+                         f"got {tuple(batch.shape)}")
     G = int(batch.max()) + 1 if batch.numel() > 0 else 0
 
     def attention(feat):

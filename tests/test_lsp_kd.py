@@ -573,6 +573,26 @@ def test_at_loss_matches_loop():
     assert f_t.grad is None and f_s.grad is not None and f_s.grad.abs().max() > 0
 
 
+@pytest.mark.parametrize("case", ["kd rows", "kd classes", "kd multilabel rows",
+                                  "fitnet rows", "fitnet widths", "at batch length"])
+def test_baseline_shape_errors(case):
+    """Shapes that broadcast to a wrong number silently, or fail deep inside torch."""
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    call, says = {
+        "kd rows": (lambda: kd_loss(s, t[:1]), "same shape"),
+        "kd classes": (lambda: kd_loss(s, torch.randn(4, 6)), "same shape"),
+        "kd multilabel rows": (lambda: kd_loss(s, t[:1], multilabel=True), "same shape"),
+        "fitnet rows": (lambda: fitnet_loss(s, torch.randn(1, 6), torch.nn.Linear(5, 6)),
+                        "feat_t's shape"),
+        "fitnet widths": (lambda: fitnet_loss(s, torch.randn(4, 7), torch.nn.Linear(5, 6)),
+                          "feat_t's shape"),
+        "at batch length": (lambda: at_loss(s, t, torch.zeros(3, dtype=torch.long)),
+                            "one graph id per node"),
+    }[case]
+    with pytest.raises(ValueError, match=says):
+        call()
+
+
 def test_at_loss_zero_when_equal_and_errors():
     f = torch.randn(10, 4)
     batch = torch.tensor([0] * 3 + [1] * 7)
