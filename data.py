@@ -101,7 +101,7 @@ def _headline(what, data_dir, problems, files):
     """The first line of a DataError from a check's [(file name, complaint)]: what is wrong
     with each file that is there, else the files of the release (files) not found."""
     missing = [n for n, why in problems if why == MISSING]
-    wrong = [f"{data_dir / n} {why}" for n, why in problems if why != MISSING]
+    wrong = [f"{data_dir / n} {why.rstrip('.')}" for n, why in problems if why != MISSING]
     if wrong:
         return "; ".join(wrong + ([f"{', '.join(missing)} {MISSING}"] if missing else [])) + "."
     where = data_dir.resolve()
@@ -173,8 +173,11 @@ def _check_ppi(folder):
         for n in ("graph_id", "feats", "labels"):
             try:
                 arrays[n] = np.load(folder / f"{split}_{n}.npy", mmap_mode="r")
-            except (OSError, ValueError, EOFError) as e:
+            except (OSError, EOFError) as e:
                 problems.append((f"{split}_{n}.npy", f"cannot be read: {e}"))
+            except ValueError as e:  # its first sentence: the rest is advice on pickles
+                problems.append((f"{split}_{n}.npy", f"cannot be read as numbers: "
+                                                     f"{str(e).split('. ')[0]}"))
         if len(arrays) < 3:
             continue
         gid = arrays.pop("graph_id")
@@ -335,7 +338,7 @@ def _check_modelnet(folder):
     for path in _modelnet_h5(folder, "train") + _modelnet_h5(folder, "test"):
         try:
             with h5py.File(path, "r") as f:
-                found = {k: (f[k].shape, f[k].dtype.kind) for k in ("data", "label")
+                found = {k: (f[k].shape, f[k].dtype) for k in ("data", "label")
                          if isinstance(f.get(k), h5py.Dataset)}
         except OSError as e:
             problems.append((path.name, f"cannot be read: {e}"))
@@ -343,13 +346,15 @@ def _check_modelnet(folder):
         if len(found) < 2:
             problems.append((path.name, "lacks the 'data' and 'label' datasets of the release"))
             continue
-        (d, d_kind), (l, l_kind) = found["data"], found["label"]
-        if len(d) != 3 or d[2] != 3 or d_kind not in "iuf":
-            problems.append((path.name, f"has data of shape {d}, expected numbers of shape "
-                                        f"(n, P, 3)"))
-        elif l not in ((d[0],), (d[0], 1)) or l_kind not in "iu":
+        (d, d_type), (l, l_type) = found["data"], found["label"]
+        if len(d) != 3 or d[2] != 3:
+            problems.append((path.name, f"has data of shape {d}, expected (n, P, 3)"))
+        elif l not in ((d[0],), (d[0], 1)):
             problems.append((path.name, f"has labels of shape {l} for {d[0]} clouds, expected "
-                                        f"integers of shape ({d[0]}, 1)"))
+                                        f"({d[0]}, 1)"))
+        elif d_type.kind not in "iuf" or l_type.kind not in "iu":
+            problems.append((path.name, f"has data of type {d_type} and labels of type "
+                                        f"{l_type}, expected numbers and integer labels"))
         else:
             points[path.name] = d[1]
     if len(set(points.values())) > 1:

@@ -257,7 +257,7 @@ PPI_BAD = {  # case: (file, mutation, what the first line says after the file's 
                         "holds float64 of shape (7,), expected integers"),
     "empty file": ("train_feats.npy", write_bytes("train_feats.npy", b""), "cannot be read:"),
     "not an array": ("valid_graph_id.npy", write_bytes("valid_graph_id.npy", b"x" * 99),
-                     "cannot be read:"),
+                     "cannot be read as numbers: This file contains pickled (object) data."),
 }
 
 
@@ -301,13 +301,14 @@ MODELNET_BAD = {  # case: (file, mutation, what the first line says after the fi
                  "holds label -1 (cloud 2)"),
     "float labels": ("ply_data_train3.h5",
                      edit_h5("ply_data_train3.h5", lambda d, l: (d, l + 0.5)),
-                     "has labels of shape (2, 1) for 2 clouds, expected integers"),
+                     "has data of type float32 and labels of type float64, expected "
+                     "numbers and integer labels"),
     "39 class names": ("shape_names.txt",
                        write_bytes("shape_names.txt",
                                    "".join(f"c{i}\n" for i in range(39)).encode()),
                        "lists 39 class names, expected 40"),
     "2-d points": ("ply_data_test0.h5", edit_h5("ply_data_test0.h5", lambda d, l: (d[..., :2], l)),
-                   "has data of shape (2, 64, 2), expected numbers of shape (n, P, 3)"),
+                   "has data of shape (2, 64, 2), expected (n, P, 3)"),
     "fewer points": ("ply_data_test0.h5", edit_h5("ply_data_test0.h5", lambda d, l: (d[:, :32], l)),
                      "has 32 points per cloud, ply_data_train0.h5 64"),
     "NaN point": ("ply_data_train2.h5",
