@@ -24,9 +24,11 @@ Dimensions: N nodes, E edges, F features, B clouds, P points, k neighbours.
     python bench.py --quick --threads 1      # reduced sizes, about 30 s on 2 CPU cores
 """
 import argparse
+import contextlib
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import sys
@@ -42,13 +44,14 @@ import torch.nn.functional as F
 import experiment
 import lsp_kd
 import models
-from experiment import TEST_BATCH, TeacherOutput, parser_for, sync
+from experiment import TEST_BATCH, TeacherOutput, given_flags, parser_for, sync
 
 METHODS = (["teacher", "student", "kd", "at", "fitnet"] + [f"lsp_{k}" for k in lsp_kd.KERNELS]
            + ["lsp_rbf_auto"])  # RBF with --sigma auto: each model's median σ
 AVG_DEGREE = 14                        # PPI's average degree (Sec. 4.1)
 TEACHER_K = models.dgcnn_teacher().k   # 20: the teacher's kNN size, which the knn rows time
 FULL_SIZES = {"ppi_nodes": 2372, "clouds": 32, "points": 1024}  # the paper's: Sec. 4.1, 4.2
+QUICK = {"ppi_nodes": 400, "clouds": 4, "points": 256, "repeats": 3, "warmup": 1}  # --quick
 MEASURES = {
     "cuda": "state + CUDA allocator peak growth over one iteration after warm-up "
             "(max_memory_allocated - memory_allocated before it)",
@@ -77,16 +80,42 @@ def peak_probe(device, measure):
     return lambda: meter.peak_mb() - base
 
 
+# what torch.profiler writes straight to the process's stderr at every start and stop:
+# libkineto's progress lines, and c10's warning about blocks allocated before it started
+PROFILER_CHATTER = re.compile(r"^(STAGE|USDT|INFO):.*\.cpp:\d+\]"
+                              r"|allocated before the profiling started")
+
+
+@contextlib.contextmanager
+def quiet_profiler():
+    """Hold back what is written to file descriptor 2 (stderr, where the profiler's C++ code
+    writes) inside the block; then write it out again, less the profiler's chatter, so that
+    real errors and warnings still show."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(l for l in lines if not PROFILER_CHATTER.search(l)))
+
+
 def tensor_peak_mb(step, device):
     """Peak MiB of live tensors on `device` during one step(), from the profiler's memory
     timeline (which also counts the tensors alive before it: parameters, optimiser state);
     None where this torch has no export_memory_timeline."""
     from torch.profiler import ProfilerActivity, profile
     try:  # a measurement only: whatever fails in the profiler leaves the column out
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True,
-                     record_shapes=True, with_stack=True) as prof:  # the timeline needs both
-            step()
-        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        with quiet_profiler(), profile(activities=[ProfilerActivity.CPU], profile_memory=True,
+                                       record_shapes=True, with_stack=True) as prof:
+            step()                                   # the timeline needs shapes and stacks
+        with quiet_profiler(), tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # deprecated for CUDA only
             path = os.path.join(tmp, "timeline.json")
             prof.export_memory_timeline(path, device=str(device))
@@ -400,8 +429,9 @@ def make_parser():
                    help="ModelNet40 and knn batch B")
     p.add_argument("--points", type=int, default=FULL_SIZES["points"],
                    help="points per cloud P")
-    p.add_argument("--quick", action="store_true", help="reduced sizes: --ppi-nodes 400 "
-                   "--clouds 4 --points 256 --repeats 3 --warmup 1")
+    p.add_argument("--quick", action="store_true", help="reduced sizes: " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()) + "; a flag given "
+        "explicitly wins over --quick")
     p.add_argument("--compare-pyg", action="store_true",
                    help="also time models.GATConv against torch_geometric's, if installed")
     p.add_argument("--out", default="runs/bench.json", help="JSON with every row")
@@ -411,8 +441,11 @@ def make_parser():
 def get_args(argv=None):
     p = make_parser()
     args = p.parse_args(argv)
-    if args.quick:
-        args.ppi_nodes, args.clouds, args.points, args.repeats, args.warmup = 400, 4, 256, 3, 1
+    if args.quick:  # what --quick reduces, except the flags given explicitly
+        given = given_flags(p, argv)
+        for dest, value in QUICK.items():
+            if dest not in given:
+                setattr(args, dest, value)
     if args.repeats < 1 or args.warmup < 1 or args.ppi_nodes < 16 or args.points < TEACHER_K:
         p.error(f"need --repeats >= 1, --warmup >= 1, --ppi-nodes >= 16 and --points >= "
                 f"{TEACHER_K} (the teacher's k)")

@@ -85,7 +85,8 @@ def _install_zip(url, data_dir, zip_name, wanted, check):
                             shutil.copyfileobj(src, dst)
             problems = check(Path(tmp))
             if problems:
-                raise DataError(f"{zip_name} is not the expected release: {'; '.join(problems)}")
+                raise DataError(f"{zip_name} is not the expected release: "
+                                f"{'; '.join(f'{n} {why}' for n, why in problems)}")
             for f in Path(tmp).iterdir():
                 os.replace(f, data_dir / f.name)
     finally:
@@ -93,10 +94,30 @@ def _install_zip(url, data_dir, zip_name, wanted, check):
             zip_path.unlink(missing_ok=True)
 
 
+MISSING = "not found"         # a check's complaint about a file that is not there
+
+
+def _headline(what, data_dir, problems, files):
+    """The first line of a DataError from a check's [(file name, complaint)]: what is wrong
+    with each file that is there, else the files of the release (files) not found."""
+    missing = [n for n, why in problems if why == MISSING]
+    wrong = [f"{data_dir / n} {why.rstrip('.')}" for n, why in problems if why != MISSING]
+    if wrong:
+        return "; ".join(wrong + ([f"{', '.join(missing)} {MISSING}"] if missing else [])) + "."
+    where = data_dir.resolve()
+    if any((data_dir / n).is_file() for n in files):
+        return f"{what} data in {where} is incomplete: {', '.join(missing)} {MISSING}."
+    return f"{what} data {MISSING} in {where}: missing {', '.join(missing)}."
+
+
 def _ensure_release(what, data_dir, download, url, zip_name, manual_files, wanted, check):
     """Return when check(data_dir) finds no problem, downloading first if allowed; otherwise
-    raise one DataError saying what is missing, the URL, where to put the files by hand and
-    how to run without them. Nothing half-written is left behind."""
+    raise one DataError whose first line says what is wrong (the files not found, or what is
+    wrong with a file), then why no download mended it, the URL, where to put the files by
+    hand and how to run without them. Nothing half-written is left behind."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataError(f"{data_dir} is not a folder: give the {what} data folder, or remove "
+                        f"{data_dir} to download the release into it.")
     problems = check(data_dir)
     if not problems:
         return
@@ -104,8 +125,8 @@ def _ensure_release(what, data_dir, download, url, zip_name, manual_files, wante
         reason = "Downloading is switched off (download=False)."
     else:
         created = [p for p in (data_dir, *data_dir.parents) if not p.exists()]  # deepest first
-        data_dir.mkdir(parents=True, exist_ok=True)
         try:
+            data_dir.mkdir(parents=True, exist_ok=True)
             _install_zip(url, data_dir, zip_name, wanted, check)
             return
         except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile,
@@ -116,9 +137,10 @@ def _ensure_release(what, data_dir, download, url, zip_name, manual_files, wante
                     p.rmdir()
     where = data_dir.resolve()
     raise DataError(
-        f"{what} data not found in {where} ({'; '.join(problems)}).\n"
+        f"{_headline(what, data_dir, problems, manual_files)}\n"
         f"{reason}\n"
-        f"The release is {url} (another URL can be given with the loader's url argument).\n"
+        f"The release is {url}; another URL can be given with --url (the scripts) or the "
+        f"loader's url argument.\n"
         f"To install it by hand, download that zip and either put it at {where / zip_name}\n"
         f"or unpack these files into {where}:\n    {' '.join(manual_files)}\n"
         f"To run without the real data, use the synthetic stand-in: --data synthetic")
@@ -141,21 +163,48 @@ PPI_FILES = [f"{s}_{f}" for s in PPI_SPLITS
 PPI_NUM_FEATURES, PPI_NUM_LABELS = 50, 121
 
 
-def _check_ppi(data_dir):
-    """Problems with the PPI files in data_dir, [] if none (shapes read without loading)."""
-    missing = [n for n in PPI_FILES if not (data_dir / n).is_file()]
-    problems = [f"missing {', '.join(missing)}"] if missing else []
+def _check_ppi(folder):
+    """Problems with the PPI files in folder, [(file name, complaint)], [] if none: files not
+    found, or arrays that cannot be read or have the wrong shape or type (read without
+    loading them)."""
+    problems = [(n, MISSING) for n in PPI_FILES if not (folder / n).is_file()]
     for split in PPI_SPLITS if not problems else ():
-        try:
-            f, l, g = (np.load(data_dir / f"{split}_{n}.npy", mmap_mode="r").shape
-                       for n in ("feats", "labels", "graph_id"))
-        except (OSError, ValueError) as e:
-            problems.append(f"unreadable {split} arrays ({e})")
+        arrays = {}
+        for n in ("graph_id", "feats", "labels"):
+            try:
+                arrays[n] = np.load(folder / f"{split}_{n}.npy", mmap_mode="r")
+            except (OSError, EOFError) as e:
+                problems.append((f"{split}_{n}.npy", f"cannot be read: {e}"))
+            except ValueError as e:  # its first sentence: the rest is advice on pickles
+                problems.append((f"{split}_{n}.npy", f"cannot be read as numbers: "
+                                                     f"{str(e).split('. ')[0]}"))
+        if len(arrays) < 3:
             continue
-        if (len(g) != 1 or f != (g[0], PPI_NUM_FEATURES) or l != (g[0], PPI_NUM_LABELS)):
-            problems.append(f"{split} feats {f}, labels {l}, graph_id {g}: expected "
-                            f"(N, {PPI_NUM_FEATURES}), (N, {PPI_NUM_LABELS}), (N,)")
+        gid = arrays.pop("graph_id")
+        if gid.ndim != 1 or gid.dtype.kind not in "iu":
+            problems.append((f"{split}_graph_id.npy", f"holds {gid.dtype} of shape {gid.shape}, "
+                                                      f"expected integers of shape (N,)"))
+            continue
+        for (n, a), width in zip(arrays.items(), (PPI_NUM_FEATURES, PPI_NUM_LABELS)):
+            if a.shape != (len(gid), width):
+                problems.append((f"{split}_{n}.npy", f"has shape {a.shape}, expected "
+                                 f"({len(gid)}, {width}): N = {len(gid)} nodes as in "
+                                 f"{split}_graph_id.npy"))
+            elif a.dtype.kind not in "biuf":
+                problems.append((f"{split}_{n}.npy", f"holds {a.dtype}, expected numbers"))
     return problems
+
+
+def _bad_file(path, what):
+    return DataError(f"{path} {what}. Delete it and load again to download a fresh copy.")
+
+
+def _ids(values):
+    """Node ids from JSON -> (n,) int64; ValueError unless they are all integers."""
+    ids = np.array(values)
+    if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+        raise ValueError(f"node ids must be integers, got {ids.dtype} of shape {ids.shape}")
+    return ids.astype(np.int64)
 
 
 def _read_ppi_split(data_dir, split):
@@ -163,22 +212,34 @@ def _read_ppi_split(data_dir, split):
 
     Local node ids follow the global ids; edges across graphs and duplicate edges are
     dropped; self-loops are kept if the file has them (the real files have none); edges are
-    sorted by target, then source."""
+    sorted by target, then source. DataError for links to nodes that do not exist, labels
+    other than 0/1 and features that are not finite."""
     path = data_dir / f"{split}_graph.json"
     try:
         with open(path) as f:
             g = json.load(f)
-        node_ids = np.array([n["id"] for n in g["nodes"]], dtype=np.int64)
+        node_ids = _ids([n["id"] for n in g["nodes"]])
         links = g["links"] if "links" in g else g["edges"]  # newer networkx writes "edges"
-        src = np.array([e["source"] for e in links], dtype=np.int64).reshape(-1)
-        dst = np.array([e["target"] for e in links], dtype=np.int64).reshape(-1)
+        src, dst = (_ids([e[end] for e in links]) for end in ("source", "target"))
+    except OSError as e:
+        raise DataError(f"{path} cannot be read: {e}") from e
     except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{path} is not networkx node-link JSON ({e!r}). "
-                        f"Delete it and load again to download a fresh copy.") from e
+        raise _bad_file(path, f"is not networkx node-link JSON ({e!r})") from e
     x, y, gid = (np.load(data_dir / f"{split}_{n}.npy") for n in ("feats", "labels", "graph_id"))
     N = len(gid)
     if not np.array_equal(np.sort(node_ids), np.arange(N)):
         raise DataError(f"{path}: node ids must be 0..{N - 1}, the rows of {split}_feats.npy.")
+    for end, ids in (("source", src), ("target", dst)):
+        outside = np.flatnonzero((ids < 0) | (ids >= N))
+        if outside.size:
+            raise _bad_file(path, f"has a link (number {outside[0]}) whose {end} is node "
+                                  f"{ids[outside[0]]}, but the {split} nodes are 0..{N - 1}")
+    for name, a, bad, expected in (("labels", y, (y != 0) & (y != 1), "labels are 0 or 1"),
+                                   ("feats", x, ~np.isfinite(x), "features are finite")):
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise _bad_file(data_dir / f"{split}_{name}.npy",
+                            f"holds {a[r, c]} at row {r}, column {c}; PPI's {expected}")
     order = np.argsort(gid, kind="stable")                 # (N,) nodes grouped by graph
     _, counts = np.unique(gid, return_counts=True)
     offsets = np.concatenate([[0], np.cumsum(counts)])     # (G+1,) graph starts in order
@@ -224,6 +285,8 @@ def ppi_batches(graphs, batch_size=2, shuffle=True, generator=None):
     as the official code); the graph order is shuffled with the torch generator when shuffle
     is True; the last batch may be smaller. The indices let a caller fetch per-graph cached
     values (e.g. a frozen teacher's outputs)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     order = torch.randperm(len(graphs), generator=generator) if shuffle else range(len(graphs))
     order = list(map(int, order))
     for start in range(0, len(order), batch_size):
@@ -240,40 +303,73 @@ MODELNET_URL = ("https://huggingface.co/datasets/Msun/modelnet40/resolve/main/"
                 "modelnet40_ply_hdf5_2048.zip")
 MODELNET_FILES = ([f"ply_data_train{i}.h5" for i in range(5)]
                   + [f"ply_data_test{i}.h5" for i in range(2)] + ["shape_names.txt"])
+# a subset laid out as the release, one file per split (as the tests' and derived subsets are)
+MODELNET_SUBSET = ["ply_data_train0.h5", "ply_data_test0.h5", "shape_names.txt"]
 MODELNET_NUM_CLASSES = 40
 AUG_SCALE = (2 / 3, 3 / 2)   # DGCNN's training augmentation: per-axis scale U[2/3, 3/2]
 AUG_SHIFT = 0.2              # and shift U[-0.2, 0.2]
 
 
-def _modelnet_h5(data_dir, split):
-    return sorted(data_dir.glob(f"ply_data_{split}*.h5"))
+def _modelnet_h5(folder, split):
+    """The split's h5 files of the release that are in folder, in the release's order."""
+    return [folder / n for n in MODELNET_FILES
+            if n.startswith(f"ply_data_{split}") and (folder / n).is_file()]
 
 
-def _check_modelnet(data_dir):
-    """Problems with the ModelNet40 files in data_dir, [] if none. At least one train and one
-    test file are needed (a subset of the release loads too)."""
-    problems = [f"no ply_data_{s}*.h5" for s in ("train", "test") if not _modelnet_h5(data_dir, s)]
-    names = data_dir / "shape_names.txt"
-    if not names.is_file():
-        problems.append("missing shape_names.txt")
-    elif len(names.read_text().split()) != MODELNET_NUM_CLASSES:
-        problems.append(f"shape_names.txt does not list {MODELNET_NUM_CLASSES} classes")
-    for path in _modelnet_h5(data_dir, "train") + _modelnet_h5(data_dir, "test"):
+def _check_modelnet(folder):
+    """Problems with the ModelNet40 files in folder, [(file name, complaint)], [] if none.
+    The whole release is needed, or a one-file-per-split subset (MODELNET_SUBSET); then each
+    file's shapes and types are read, without loading the points."""
+    present = {n for n in MODELNET_FILES if (folder / n).is_file()}
+    subset = {n for n in present if n.endswith(".h5")} == set(MODELNET_SUBSET[:2])
+    problems = [(n, MISSING) for n in (MODELNET_SUBSET if subset else MODELNET_FILES)
+                if n not in present]
+    if problems:
+        return problems
+    try:
+        names = (folder / "shape_names.txt").read_text().split()
+    except (OSError, ValueError) as e:
+        problems.append(("shape_names.txt", f"cannot be read: {e}"))
+    else:
+        if len(names) != MODELNET_NUM_CLASSES:
+            problems.append(("shape_names.txt", f"lists {len(names)} class names, expected "
+                                                f"{MODELNET_NUM_CLASSES}"))
+    points = {}                                           # file name -> P
+    for path in _modelnet_h5(folder, "train") + _modelnet_h5(folder, "test"):
         try:
             with h5py.File(path, "r") as f:
-                d, l = f["data"].shape, f["label"].shape
-        except (OSError, KeyError) as e:
-            problems.append(f"unreadable {path.name} ({e})")
+                found = {k: (f[k].shape, f[k].dtype) for k in ("data", "label")
+                         if isinstance(f.get(k), h5py.Dataset)}
+        except OSError as e:
+            problems.append((path.name, f"cannot be read: {e}"))
             continue
-        if len(d) != 3 or d[2] != 3 or l[0] != d[0] or np.prod(l) != d[0]:
-            problems.append(f"{path.name}: data {d}, label {l}; expected (n, P, 3), (n, 1)")
+        if len(found) < 2:
+            problems.append((path.name, "lacks the 'data' and 'label' datasets of the release"))
+            continue
+        (d, d_type), (l, l_type) = found["data"], found["label"]
+        if len(d) != 3 or d[2] != 3:
+            problems.append((path.name, f"has data of shape {d}, expected (n, P, 3)"))
+        elif l not in ((d[0],), (d[0], 1)):
+            problems.append((path.name, f"has labels of shape {l} for {d[0]} clouds, expected "
+                                        f"({d[0]}, 1)"))
+        elif d_type.kind not in "iuf" or l_type.kind not in "iu":
+            problems.append((path.name, f"has data of type {d_type} and labels of type "
+                                        f"{l_type}, expected numbers and integer labels"))
+        else:
+            points[path.name] = d[1]
+    if len(set(points.values())) > 1:
+        first, *_ = points
+        problems += [(n, f"has {P} points per cloud, {first} {points[first]}")
+                     for n, P in points.items() if P != points[first]]
     return problems
 
 
 def load_modelnet40(data_dir="data/modelnet40_ply_hdf5_2048", download=True, url=MODELNET_URL):
     """The real ModelNet40 release -> {'train_points': (N, 2048, 3) float32, 'train_labels':
-    (N,) int64, 'test_points', 'test_labels', 'class_names': 40 str, 'synthetic': False}, all
-    ply_data_train*.h5 / ply_data_test*.h5 concatenated in sorted order (numpy arrays)."""
+    (N,) int64, 'test_points', 'test_labels', 'class_names': 40 str, 'synthetic': False}, the
+    h5 files of each split concatenated in order. data_dir holds the whole release
+    (MODELNET_FILES) or a subset of one file per split (MODELNET_SUBSET); anything else, labels
+    outside 0..39 and points that are not finite raise DataError."""
     data_dir = Path(data_dir)
     wanted = re.compile(r"ply_data_(train|test)\d*\.h5|shape_names\.txt").fullmatch
     _ensure_release("ModelNet40", data_dir, download, url, "modelnet40_ply_hdf5_2048.zip",
@@ -283,8 +379,16 @@ def load_modelnet40(data_dir="data/modelnet40_ply_hdf5_2048", download=True, url
         points, labels = [], []
         for path in _modelnet_h5(data_dir, split):
             with h5py.File(path, "r") as f:
-                points.append(f["data"][:].astype(np.float32))
-                labels.append(f["label"][:].reshape(-1).astype(np.int64))
+                points.append(f["data"][:].astype(np.float32))                 # (n, P, 3)
+                labels.append(f["label"][:].reshape(-1).astype(np.int64))     # (n,)
+            outside = np.flatnonzero((labels[-1] < 0) | (labels[-1] >= len(out["class_names"])))
+            if outside.size:
+                raise _bad_file(path, f"holds label {labels[-1][outside[0]]} (cloud "
+                                      f"{outside[0]}), but the classes are 0.."
+                                      f"{len(out['class_names']) - 1}, the lines of "
+                                      f"shape_names.txt")
+            if not np.isfinite(points[-1]).all():
+                raise _bad_file(path, "holds points that are not finite (NaN or inf)")
         out[f"{split}_points"] = np.concatenate(points)                       # (N, 2048, 3)
         out[f"{split}_labels"] = np.concatenate(labels)                       # (N,)
     return out
@@ -299,8 +403,13 @@ def pointcloud_batches(points, labels, batch_size, num_points=1024, train=False,
     its points shuffled; all random draws come from the torch generator. drop_last defaults
     to train. Test batches are the clouds unchanged, in order."""
     points, labels = torch.as_tensor(points), torch.as_tensor(labels).long().view(-1)
-    if num_points > points.size(1):
+    if points.dim() != 3 or len(labels) != len(points):
+        raise ValueError(f"points must be (N, P, 3) with N labels, got {tuple(points.shape)} "
+                         f"and {len(labels)} labels")
+    if not 0 < num_points <= points.size(1):
         raise ValueError(f"num_points={num_points}, but the clouds have {points.size(1)} points")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     drop_last = train if drop_last is None else drop_last
     n = points.size(0)
     order = torch.randperm(n, generator=generator) if train else torch.arange(n)

@@ -55,14 +55,24 @@ def lsp_loss(feat_s, feat_t, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0.
         num_nodes: N, defaults to feat_s.size(0). Nodes without incoming edges add 0.
         teacher_first: KL(LS^t || LS^s), the official code's direction, instead of Eq. (5).
     Returns: a scalar >= 0 (float32 for half-precision input), 0 when the structures agree.
+    Raises ValueError for malformed input, and when feat_s or feat_t contain NaN or inf (a
+    diverged model), where the loss would silently be NaN.
     """
     N = feat_s.size(0) if num_nodes is None else num_nodes
-    if feat_s.dim() != 2 or feat_t.dim() != 2 or not feat_t.size(0) == feat_s.size(0) >= N:
-        raise ValueError(f"feat_s and feat_t must be (N, F) with the same N >= num_nodes, "
-                         f"got {tuple(feat_s.shape)} and {tuple(feat_t.shape)}")
-    if (edge_index.dim() != 2 or edge_index.size(0) != 2 or edge_index.is_floating_point()
-            or (edge_index.numel() > 0 and not 0 <= edge_index.min() <= edge_index.max() < N)):
-        raise ValueError(f"edge_index must be a (2, E) integer tensor of nodes in [0, {N})")
+    if feat_s.dim() != 2 or feat_t.dim() != 2 or not feat_t.size(0) == feat_s.size(0) >= N >= 0:
+        raise ValueError(f"feat_s and feat_t must be (N, F) with the same N >= num_nodes >= 0, "
+                         f"got {tuple(feat_s.shape)} and {tuple(feat_t.shape)}, num_nodes {N}")
+    if (edge_index.dim() != 2 or edge_index.size(0) != 2
+            or edge_index.dtype not in (torch.int64, torch.int32)):
+        raise ValueError(f"edge_index must be a (2, E) int64 (or int32) tensor, got "
+                         f"{edge_index.dtype} {tuple(edge_index.shape)}")
+    outside = edge_index[(edge_index < 0) | (edge_index >= N)]  # ids of no node
+    if outside.numel() > 0:
+        raise ValueError(f"edge_index refers to node {outside[0].item()}, outside the nodes "
+                         f"[0, {N})")
+    for z, who in ((feat_s, "student"), (feat_t, "teacher")):
+        if not torch.isfinite(z).all():
+            raise ValueError(f"the {who}'s features contain NaN or inf: has it diverged?")
     if kernel not in ("rbf", "poly", "linear", "l2"):
         raise ValueError(f"unknown kernel {kernel!r}; known kernels: rbf, poly, linear, l2 "
                          "(and l1_official, the official code's, in lsp_loss_fast)")
@@ -144,12 +154,44 @@ KERNELS = {
 # The fast path: Eq. (3) on blocks of edges, then Eq. (5)-(6)
 
 def _check_graph(edge_index, num_nodes):
+    """ValueError unless edge_index is a (2, E) integer tensor of ids in [0, num_nodes)."""
+    if num_nodes < 0:
+        raise ValueError(f"num_nodes must be >= 0, got {num_nodes}")
     if edge_index.dim() != 2 or edge_index.size(0) != 2:
         raise ValueError(f"edge_index must have shape (2, E), got {tuple(edge_index.shape)}")
     if edge_index.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"edge_index must be an integer tensor, got {edge_index.dtype}")
-    if edge_index.numel() > 0 and (edge_index.min() < 0 or edge_index.max() >= num_nodes):
-        raise ValueError(f"edge_index refers to nodes outside [0, {num_nodes})")
+    outside = edge_index[(edge_index < 0) | (edge_index >= num_nodes)]  # ids of no node
+    if outside.numel() > 0:
+        raise ValueError(f"edge_index refers to node {outside[0].item()}, outside the nodes "
+                         f"[0, {num_nodes})")
+
+
+def _check_pair(feat_s, feat_t, num_nodes):
+    """ValueError unless feat_s (N, F_s) and feat_t (N, F_t) (or None) have the same
+    N >= num_nodes rows. -> num_nodes, or N when it is None."""
+    N = feat_s.size(0) if num_nodes is None else num_nodes
+    if feat_s.dim() != 2 or feat_s.size(0) < N or (
+            feat_t is not None and (feat_t.dim() != 2 or feat_t.size(0) != feat_s.size(0))):
+        raise ValueError(f"feat_s and feat_t must be (N, F) with the same N >= num_nodes, got "
+                         f"{tuple(feat_s.shape)} and "
+                         f"{None if feat_t is None else tuple(feat_t.shape)}, num_nodes {N}")
+    return N
+
+
+def _check_finite(feat, who):
+    """ValueError if feat holds NaN or inf (who: "student" or "teacher")."""
+    if not torch.isfinite(feat).all():
+        raise ValueError(f"the {who}'s features contain NaN or inf: has it diverged?")
+
+
+def _check_per_edge(edge_index, num_nodes, **per_edge):
+    """_check_graph, and ValueError unless every tensor of per_edge is (E,), one per edge."""
+    _check_graph(edge_index, num_nodes)
+    for name, t in per_edge.items():
+        if t.shape != edge_index.shape[1:]:
+            raise ValueError(f"{name} must have one value per edge, shape "
+                             f"({edge_index.size(1)},), got {tuple(t.shape)}")
 
 
 def per_edge(fn, feat, edge_index):
@@ -251,6 +293,7 @@ def local_structure(feat, edge_index, kernel="rbf", num_nodes=None, **kernel_kwa
 def local_structure_kl(log_ls_s, log_ls_t, edge_index, num_nodes, teacher_first=False):
     """Eq. (5)-(6) from the two log local structures (E,) of log_local_structure: the second
     half of lsp_loss_fast; log_ls_t receives no gradient."""
+    _check_per_edge(edge_index, num_nodes, log_ls_s=log_ls_s, log_ls_t=log_ls_t)
     N, log_ls_t = num_nodes, log_ls_t.detach()
     if teacher_first:  # NOTE: the official code's direction, KL(LS^t || LS^s)
         kl_edge = log_ls_t.exp() * (log_ls_t - log_ls_s)      # (E,)
@@ -266,13 +309,12 @@ def lsp_loss_fast(feat_s, feat_t, edge_index, kernel="rbf", num_nodes=None,
     """lsp_loss with the same numbers, as the scripts run it: any kernel of KERNELS, on
     blocks of edges recomputed in backward (log_local_structure). On a fixed graph the
     frozen teacher's log LS^t (E,) can be computed once and passed as log_ls_t; feat_t is
-    then unused (may be None). sigma="auto" gives each model its own median_sigma."""
-    N = feat_s.size(0) if num_nodes is None else num_nodes
-    if feat_s.dim() != 2 or (feat_t is not None and (feat_t.dim() != 2
-                                                     or feat_t.size(0) != feat_s.size(0))):
-        raise ValueError(f"feat_s and feat_t must be (N, F) with the same N, got "
-                         f"{tuple(feat_s.shape)} and "
-                         f"{None if feat_t is None else tuple(feat_t.shape)}")
+    then unused (may be None). sigma="auto" gives each model its own median_sigma.
+    Raises ValueError where lsp_loss does: malformed input, or NaN or inf in the features."""
+    N = _check_pair(feat_s, feat_t, num_nodes)
+    _check_finite(feat_s, "student")
+    if log_ls_t is None:
+        _check_finite(feat_t, "teacher")
     log_ls_s = log_local_structure(feat_s, edge_index, kernel, N, **kernel_kwargs)  # (E,)
     if log_ls_t is None:
         with torch.no_grad():
@@ -301,6 +343,7 @@ def kl_from_uniform(log_ls, edge_index, num_nodes):
     """How much structure a local-structure vector holds: for every centre i,
     KL(LS_i || uniform over i's d_i incoming edges) = log d_i + Σ_j LS_ij log LS_ij,
     0 for a uniform LS_i (every neighbour alike) and for d_i <= 1. Returns (N,)."""
+    _check_per_edge(edge_index, num_nodes, log_ls=log_ls)
     dst = edge_index[1]
     log_ls = log_ls.detach().float()
     deg = torch.zeros(num_nodes, device=dst.device).index_add_(
@@ -316,6 +359,7 @@ def kernel_saturation(feat, edge_index, kernel="rbf", **kernel_kwargs):
     the RBF kernel, the edges on which it has underflowed (0) or cannot tell the neighbour
     from the centre (1). Self-loops, whose RBF value is 1 by definition, are left out.
     A float in [0, 1]."""
+    _check_graph(edge_index, feat.size(0))
     edge_index = edge_index[:, edge_index[0] != edge_index[1]]  # (2, E') without self-loops
     if edge_index.size(1) == 0:
         return 0.0
@@ -356,7 +400,7 @@ def neighbour_rank_correlation(feat_s, feat_t, edge_index, num_nodes=None, min_n
     needs no kernel and cannot saturate. Returns (N,) float64, NaN for centres with fewer
     than min_neighbours incoming edges, with all distances tied, or with a non-finite
     distance (diverged features); average with nanmean."""
-    N = feat_s.size(0) if num_nodes is None else num_nodes
+    N = _check_pair(feat_s, feat_t, num_nodes)
     _check_graph(edge_index, N)
     dst = edge_index[1]
     dist2 = lambda z_i, z_j: (z_i - z_j).double().pow(2).sum(-1)  # noqa: E731, same ranks as d
@@ -407,6 +451,9 @@ def kd_loss(logits_s, logits_t, T=4.0, multilabel=False):
         samples and labels (for PPI, whose 121 labels have no softmax; the paper skips KD).
     Args: logits_s, logits_t: (N, C). Returns a scalar; no gradient reaches logits_t.
     """
+    if logits_s.shape != logits_t.shape:
+        raise ValueError(f"logits_s and logits_t must have the same shape (N, C), got "
+                         f"{tuple(logits_s.shape)} and {tuple(logits_t.shape)}")
     logits_t = logits_t.detach()
     if multilabel:
         s, t = logits_s / T, logits_t / T
@@ -426,7 +473,11 @@ def fitnet_loss(feat_s, feat_t, regressor):
     Args: feat_s (N, F_s); feat_t (N, F_t); regressor: a learned map F_s -> F_t
     (e.g. torch.nn.Linear(F_s, F_t)), trained together with the student.
     """
-    return F.mse_loss(regressor(feat_s), feat_t.detach())
+    pred = regressor(feat_s)                                   # (N, F_t)
+    if pred.shape != feat_t.shape:
+        raise ValueError(f"regressor(feat_s) must have feat_t's shape {tuple(feat_t.shape)}, "
+                         f"got {tuple(pred.shape)}")
+    return F.mse_loss(pred, feat_t.detach())
 
 
 def at_loss(feat_s, feat_t, batch=None):
@@ -441,6 +492,9 @@ def at_loss(feat_s, feat_t, batch=None):
                          f"{feat_s.size(0)} and {feat_t.size(0)}")
     if batch is None:
         batch = torch.zeros(feat_s.size(0), dtype=torch.long, device=feat_s.device)
+    if batch.shape != feat_s.shape[:1]:
+        raise ValueError(f"batch must be (N,) = ({feat_s.size(0)},), one graph id per node, "
+                         f"got {tuple(batch.shape)}")
     G = int(batch.max()) + 1 if batch.numel() > 0 else 0
 
     def attention(feat):

@@ -63,8 +63,9 @@ def write_fake_ppi(folder, feat_dim=50):
     return truth
 
 
-def write_fake_modelnet(folder, train=(3, 2), test=(2,), P=64):
-    """h5 files in the release layout; returns the points and labels in loading order."""
+def write_fake_modelnet(folder, train=(3, 2, 1, 2, 1), test=(2, 1), P=64):
+    """h5 files in the release layout (train0-4, test0-1; one file per split for a subset);
+    returns the points and labels in loading order."""
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "shape_names.txt").write_text("".join(f"class{c}\n" for c in range(40)))
@@ -135,7 +136,15 @@ def test_load_modelnet40_from_zip_with_top_folder(tmp_path):
     url = zip_folder(tmp_path / "release", tmp_path / "m.zip", "modelnet40_ply_hdf5_2048")
     d = data.load_modelnet40(tmp_path / "mn", url=url)
     np.testing.assert_array_equal(d["train_labels"], truth["train"][1])
-    assert len(list((tmp_path / "mn").iterdir())) == 4  # 3 h5 files and shape_names.txt
+    assert sorted(p.name for p in (tmp_path / "mn").iterdir()) == sorted(data.MODELNET_FILES)
+
+
+def test_load_modelnet40_subset_of_one_file_per_split(tmp_path):
+    truth = write_fake_modelnet(tmp_path, train=(3,), test=(2,))
+    d = data.load_modelnet40(tmp_path, download=False)
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(d[f"{split}_points"], truth[split][0])
+        np.testing.assert_array_equal(d[f"{split}_labels"], truth[split][1])
 
 
 # ----------------------------------------------------------------------------------------
@@ -144,6 +153,7 @@ def test_load_modelnet40_from_zip_with_top_folder(tmp_path):
 def assert_helpful(err, url, folder):
     msg = str(err.value)
     assert url in msg and "--data synthetic" in msg and str(folder.resolve()) in msg
+    assert "--url (the scripts) or the loader's url argument" in msg
 
 
 @pytest.mark.parametrize("name", LOADERS)
@@ -182,6 +192,188 @@ def test_wrong_shapes_in_zip_install_nothing(tmp_path):
     with pytest.raises(data.DataError, match="feats"):
         data.load_ppi(tmp_path / "x", url=url)
     assert list((tmp_path / "x").iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------
+# Malformed files: one DataError whose first line names the file and what is wrong with it
+
+def headline(err):
+    return str(err.value).splitlines()[0]
+
+
+def edit_npy(name, edit):
+    """A mutation of a fake release: edit(array) -> the array to save in its place."""
+    def mutate(folder):
+        np.save(folder / name, edit(np.load(folder / name)))
+    return mutate
+
+
+def edit_links(split, edit):
+    """A mutation: edit(links) changes the node-link JSON's list of links in place."""
+    def mutate(folder):
+        g = json.loads((folder / f"{split}_graph.json").read_text())
+        edit(g["links"])
+        (folder / f"{split}_graph.json").write_text(json.dumps(g))
+    return mutate
+
+
+def write_bytes(name, content):
+    return lambda folder: (folder / name).write_bytes(content)
+
+
+def set_at(row, col, value, dtype=None):
+    def edit(a):
+        a = a.astype(dtype or a.dtype)
+        a[row, col] = value
+        return a
+    return edit
+
+
+N_TRAIN = sum(FAKE_PPI_SIZES["train"])   # 15 nodes, ids 0..14
+PPI_BAD = {  # case: (file, mutation, what the first line says after the file's path)
+    "link past the last node": (
+        "train_graph.json", edit_links("train", lambda l: l.append({"source": 0,
+                                                                    "target": N_TRAIN + 3})),
+        f"whose target is node {N_TRAIN + 3}, but the train nodes are 0..{N_TRAIN - 1}"),
+    "negative link end": ("valid_graph.json",
+                          edit_links("valid", lambda l: l.insert(2, {"source": -1, "target": 0})),
+                          "has a link (number 2) whose source is node -1"),
+    "fractional node id": ("test_graph.json",
+                           edit_links("test", lambda l: l.append({"source": 1.5, "target": 0})),
+                           "is not networkx node-link JSON"),
+    "not JSON": ("train_graph.json", write_bytes("train_graph.json", b"{nodes"),
+                 "is not networkx node-link JSON"),
+    "label 2": ("train_labels.npy", edit_npy("train_labels.npy", set_at(3, 7, 2)),
+                "holds 2 at row 3, column 7; PPI's labels are 0 or 1"),
+    "label 0.5": ("test_labels.npy", edit_npy("test_labels.npy", set_at(0, 0, 0.5, float)),
+                  "holds 0.5 at row 0, column 0"),
+    "NaN feature": ("valid_feats.npy", edit_npy("valid_feats.npy", set_at(1, 2, np.nan)),
+                    "holds nan at row 1, column 2; PPI's features are finite"),
+    "49 features": ("train_feats.npy", edit_npy("train_feats.npy", lambda a: a[:, :49]),
+                    f"has shape ({N_TRAIN}, 49), expected ({N_TRAIN}, 50)"),
+    "a row short": ("test_labels.npy", edit_npy("test_labels.npy", lambda a: a[:-1]),
+                    "has shape (6, 121), expected (7, 121)"),
+    "float graph ids": ("valid_graph_id.npy", edit_npy("valid_graph_id.npy", lambda a: a * 1.0),
+                        "holds float64 of shape (7,), expected integers"),
+    "empty file": ("train_feats.npy", write_bytes("train_feats.npy", b""), "cannot be read:"),
+    "not an array": ("valid_graph_id.npy", write_bytes("valid_graph_id.npy", b"x" * 99),
+                     "cannot be read as numbers: This file contains pickled (object) data."),
+}
+
+
+@pytest.mark.parametrize("case", PPI_BAD)
+def test_ppi_malformed_file_named_in_the_first_line(tmp_path, case):
+    name, mutate, says = PPI_BAD[case]
+    write_fake_ppi(tmp_path)
+    mutate(tmp_path)
+    with pytest.raises(data.DataError) as err:
+        data.load_ppi(tmp_path, download=False)
+    assert headline(err).startswith(f"{tmp_path / name} ") and says in headline(err)
+    assert "data not found" not in headline(err)
+
+
+def edit_h5(name, edit):
+    """A mutation: edit(data, label) -> (data, label) to write in place of the file's."""
+    def mutate(folder):
+        with h5py.File(folder / name, "r") as f:
+            d, l = f["data"][:], f["label"][:]
+        with h5py.File(folder / name, "w") as f:
+            for key, a in zip(("data", "label"), edit(d, l)):
+                if a is not None:
+                    f[key] = a
+    return mutate
+
+
+def label_at(cloud, value, dtype=np.uint8):
+    def edit(d, l):
+        l = l.astype(dtype)
+        l[cloud] = value
+        return d, l
+    return edit
+
+
+MODELNET_BAD = {  # case: (file, mutation, what the first line says after the file's path)
+    "label 40": ("ply_data_train1.h5", edit_h5("ply_data_train1.h5", label_at(1, 40)),
+                 "holds label 40 (cloud 1), but the classes are 0..39"),
+    "label 255": ("ply_data_test1.h5", edit_h5("ply_data_test1.h5", label_at(0, 255)),
+                  "holds label 255 (cloud 0)"),
+    "label -1": ("ply_data_train0.h5", edit_h5("ply_data_train0.h5", label_at(2, -1, np.int8)),
+                 "holds label -1 (cloud 2)"),
+    "float labels": ("ply_data_train3.h5",
+                     edit_h5("ply_data_train3.h5", lambda d, l: (d, l + 0.5)),
+                     "has data of type float32 and labels of type float64, expected "
+                     "numbers and integer labels"),
+    "39 class names": ("shape_names.txt",
+                       write_bytes("shape_names.txt",
+                                   "".join(f"c{i}\n" for i in range(39)).encode()),
+                       "lists 39 class names, expected 40"),
+    "2-d points": ("ply_data_test0.h5", edit_h5("ply_data_test0.h5", lambda d, l: (d[..., :2], l)),
+                   "has data of shape (2, 64, 2), expected (n, P, 3)"),
+    "fewer points": ("ply_data_test0.h5", edit_h5("ply_data_test0.h5", lambda d, l: (d[:, :32], l)),
+                     "has 32 points per cloud, ply_data_train0.h5 64"),
+    "NaN point": ("ply_data_train2.h5",
+                  edit_h5("ply_data_train2.h5", lambda d, l: (np.where(d > 1, np.nan, d), l)),
+                  "holds points that are not finite"),
+    "no labels": ("ply_data_train4.h5", edit_h5("ply_data_train4.h5", lambda d, l: (d, None)),
+                  "lacks the 'data' and 'label' datasets"),
+    "not HDF5": ("ply_data_test1.h5", write_bytes("ply_data_test1.h5", b"x" * 99),
+                 "cannot be read:"),
+}
+
+
+@pytest.mark.parametrize("case", MODELNET_BAD)
+def test_modelnet_malformed_file_named_in_the_first_line(tmp_path, case):
+    name, mutate, says = MODELNET_BAD[case]
+    write_fake_modelnet(tmp_path)
+    mutate(tmp_path)
+    with pytest.raises(data.DataError) as err:
+        data.load_modelnet40(tmp_path, download=False)
+    assert headline(err).startswith(f"{tmp_path / name} ") and says in headline(err)
+    assert "data not found" not in headline(err)
+
+
+@pytest.mark.parametrize("absent, subset", [
+    (["ply_data_train3.h5", "ply_data_train4.h5"], False),  # an unpacking stopped half-way
+    (["ply_data_test1.h5"], False),
+    (["ply_data_train2.h5", "ply_data_train3.h5", "ply_data_train4.h5", "ply_data_test1.h5"],
+     False),
+    (["shape_names.txt"], True),                             # a subset without class names
+])
+def test_modelnet_part_of_the_release_names_the_missing_files(tmp_path, absent, subset):
+    write_fake_modelnet(tmp_path, *([(3,), (2,)] if subset else []))
+    for name in absent:
+        (tmp_path / name).unlink()
+    with pytest.raises(data.DataError) as err:
+        data.load_modelnet40(tmp_path, download=False)
+    assert headline(err) == (f"ModelNet40 data in {tmp_path.resolve()} is incomplete: "
+                             f"{', '.join(absent)} not found.")
+
+
+def test_part_of_the_release_is_completed_by_the_download(tmp_path):
+    truth = write_fake_modelnet(tmp_path / "release")
+    url = zip_folder(tmp_path / "release", tmp_path / "m.zip", "modelnet40_ply_hdf5_2048")
+    write_fake_modelnet(tmp_path / "mn")
+    for name in ("ply_data_train3.h5", "ply_data_train4.h5"):
+        (tmp_path / "mn" / name).unlink()
+    d = data.load_modelnet40(tmp_path / "mn", url=url)
+    np.testing.assert_array_equal(d["train_points"], truth["train"][0])
+    np.testing.assert_array_equal(d["train_labels"], truth["train"][1])
+
+
+def test_ppi_part_of_the_release_names_the_missing_files(tmp_path):
+    write_fake_ppi(tmp_path)
+    (tmp_path / "valid_labels.npy").unlink()
+    with pytest.raises(data.DataError) as err:
+        data.load_ppi(tmp_path, download=False)
+    assert headline(err) == (f"PPI data in {tmp_path.resolve()} is incomplete: "
+                             f"valid_labels.npy not found.")
+
+
+@pytest.mark.parametrize("name", LOADERS)
+def test_data_dir_that_is_a_file(tmp_path, name):
+    (tmp_path / "x").write_text("")
+    with pytest.raises(data.DataError, match="is not a folder"):
+        LOADERS[name][0](tmp_path / "x")
 
 
 # ----------------------------------------------------------------------------------------
@@ -339,6 +531,23 @@ def test_pointcloud_test_batches_are_unaugmented():
     assert torch.equal(torch.cat([lab for _, lab in batches]), torch.arange(10))
     with pytest.raises(ValueError, match="num_points"):
         next(data.pointcloud_batches(points, np.arange(10), 4, num_points=33))
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({"num_points": 0}, "num_points=0"),
+    ({"batch_size": 0}, "batch_size must be >= 1"),
+    ({"labels": np.arange(9)}, "with N labels"),
+])
+def test_pointcloud_batches_errors(kwargs, says):
+    args = {"points": np.zeros((10, 32, 3), np.float32), "labels": np.arange(10),
+            "batch_size": 4, "num_points": 16, **kwargs}
+    with pytest.raises(ValueError, match=says):
+        next(data.pointcloud_batches(**args))
+
+
+def test_ppi_batches_batch_size_error():
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        next(data.ppi_batches([toy_graph(3, 0)], 0))
 
 
 def test_pointcloud_train_augmentation():

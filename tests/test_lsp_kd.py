@@ -350,6 +350,83 @@ def test_lsp_errors(loss_fn):
     assert all(name in str(err.value) for name in KERNELS)
 
 
+N_ERR = 6                                                 # nodes of the error cases
+F_S, F_T, LOG_LS = torch.randn(N_ERR, 4), torch.randn(N_ERR, 5), torch.zeros(3)
+GOOD = torch.tensor([[0, 1, 2], [1, 2, 0]])               # (2, 3) edges inside [0, 6)
+PAST = torch.tensor([[0, 1, N_ERR + 3], [1, 2, 0]])       # an edge from node 9: no such node
+
+
+def graph_errors():
+    """{case: (call, what its ValueError says)}: out-of-range edge ids and num_nodes, and
+    per-edge tensors of the wrong length, for every function that takes a graph."""
+    from lsp_kd import (kernel_saturation, kl_from_uniform, local_structure_kl, median_sigma,
+                        neighbour_rank_correlation)
+    cases = {}
+    for f in (lsp_loss, lsp_loss_fast, neighbour_rank_correlation):
+        cases[f"{f.__name__}, num_nodes > rows"] = (  # the edge to node 9 < num_nodes = 16
+            lambda f=f: f(F_S, F_T, PAST, num_nodes=N_ERR + 10), "num_nodes")
+        cases[f"{f.__name__}, edge past N"] = (lambda f=f: f(F_S, F_T, PAST), "node 9")
+        cases[f"{f.__name__}, num_nodes < 0"] = (
+            lambda f=f: f(F_S, F_T, GOOD, num_nodes=-1), "num_nodes")
+    return {**cases,
+            "local_structure, num_nodes > rows": (
+                lambda: local_structure(F_S, PAST, num_nodes=N_ERR + 10), "num_nodes"),
+            "local_structure, edge past N": (lambda: local_structure(F_S, PAST), "node 9"),
+            "log_local_structure poly, edge past N": (
+                lambda: log_local_structure(F_S, PAST, "poly"), "node 9"),
+            "median_sigma, edge past N": (lambda: median_sigma(F_S, PAST), "node 9"),
+            "kernel_saturation, edge past N": (lambda: kernel_saturation(F_S, PAST), "node 9"),
+            "local_structure_kl, edge past N": (
+                lambda: local_structure_kl(LOG_LS, LOG_LS, PAST, N_ERR), "node 9"),
+            "local_structure_kl, num_nodes too small": (
+                lambda: local_structure_kl(LOG_LS, LOG_LS, GOOD, 2), "node 2"),
+            "local_structure_kl, lengths differ": (
+                lambda: local_structure_kl(LOG_LS, torch.zeros(4), GOOD, N_ERR),
+                "one value per edge"),
+            "lsp_loss_fast, cached teacher of another graph": (
+                lambda: lsp_loss_fast(F_S, None, GOOD, log_ls_t=torch.zeros(5)),
+                "one value per edge"),
+            "kl_from_uniform, edge past N": (
+                lambda: kl_from_uniform(LOG_LS, PAST, N_ERR), "node 9"),
+            "kl_from_uniform, num_nodes too small": (
+                lambda: kl_from_uniform(LOG_LS, GOOD, 1), "node 1"),
+            "neighbour_rank_correlation, rows differ": (
+                lambda: neighbour_rank_correlation(F_S, F_T[:4], GOOD), "same N"),
+            "union_graph, edge past num_nodes": (
+                lambda: union_graph(PAST, GOOD, N_ERR), "node 9"),
+            "union_graph, num_nodes < 0": (lambda: union_graph(GOOD, GOOD, -1), "num_nodes"),
+            "lsp_loss, int16 edge_index": (lambda: lsp_loss(F_S, F_T, GOOD.short()), "int64")}
+
+
+GRAPH_ERRORS = graph_errors()
+
+
+@pytest.mark.parametrize("case", GRAPH_ERRORS)
+def test_graph_errors_are_value_errors(case):
+    call, says = GRAPH_ERRORS[case]
+    with pytest.raises(ValueError, match=says):
+        call()
+
+
+@pytest.mark.parametrize("loss_fn", [lsp_loss, lsp_loss_fast])
+@pytest.mark.parametrize("who", ["student", "teacher"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_features_raise(loss_fn, who, value):
+    f_s, f_t = F_S.clone(), F_T.clone()
+    (f_s if who == "student" else f_t)[3, 1] = value
+    with pytest.raises(ValueError, match=f"the {who}'s features contain NaN or inf"):
+        loss_fn(f_s, f_t, GOOD)
+
+
+def test_non_finite_student_raises_with_a_cached_teacher():
+    f_s = F_S.clone()
+    f_s[0, 0] = float("nan")
+    log_ls_t = log_local_structure(F_T, GOOD, "rbf")
+    with pytest.raises(ValueError, match="the student's features contain NaN or inf"):
+        lsp_loss_fast(f_s, None, GOOD, log_ls_t=log_ls_t)
+    assert torch.isfinite(lsp_loss_fast(F_S, None, GOOD, log_ls_t=log_ls_t))
+
+
 # ----------------------------------------------------------------------------------------
 # union_graph
 
@@ -494,6 +571,26 @@ def test_at_loss_matches_loop():
                         at_ref(f_s.detach(), f_t.detach(), [0] * N), rel_tol=1e-10)
     loss.backward()
     assert f_t.grad is None and f_s.grad is not None and f_s.grad.abs().max() > 0
+
+
+@pytest.mark.parametrize("case", ["kd rows", "kd classes", "kd multilabel rows",
+                                  "fitnet rows", "fitnet widths", "at batch length"])
+def test_baseline_shape_errors(case):
+    """Shapes that broadcast to a wrong number silently, or fail deep inside torch."""
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    call, says = {
+        "kd rows": (lambda: kd_loss(s, t[:1]), "same shape"),
+        "kd classes": (lambda: kd_loss(s, torch.randn(4, 6)), "same shape"),
+        "kd multilabel rows": (lambda: kd_loss(s, t[:1], multilabel=True), "same shape"),
+        "fitnet rows": (lambda: fitnet_loss(s, torch.randn(1, 6), torch.nn.Linear(5, 6)),
+                        "feat_t's shape"),
+        "fitnet widths": (lambda: fitnet_loss(s, torch.randn(4, 7), torch.nn.Linear(5, 6)),
+                          "feat_t's shape"),
+        "at batch length": (lambda: at_loss(s, t, torch.zeros(3, dtype=torch.long)),
+                            "one graph id per node"),
+    }[case]
+    with pytest.raises(ValueError, match=says):
+        call()
 
 
 def test_at_loss_zero_when_equal_and_errors():
