@@ -366,15 +366,18 @@ def _check_modelnet(folder):
 
 def load_modelnet40(data_dir="data/modelnet40_ply_hdf5_2048", download=True, url=MODELNET_URL):
     """The real ModelNet40 release -> {'train_points': (N, 2048, 3) float32, 'train_labels':
-    (N,) int64, 'test_points', 'test_labels', 'class_names': 40 str, 'synthetic': False}, the
-    h5 files of each split concatenated in order. data_dir holds the whole release
+    (N,) int64, 'test_points', 'test_labels', 'class_names': 40 str, 'synthetic': False,
+    'subset': bool, 'files': the h5 files read}, the h5 files of each split concatenated in
+    order. data_dir holds the whole release
     (MODELNET_FILES) or a subset of one file per split (MODELNET_SUBSET); anything else, labels
     outside 0..39 and points that are not finite raise DataError."""
     data_dir = Path(data_dir)
     wanted = re.compile(r"ply_data_(train|test)\d*\.h5|shape_names\.txt").fullmatch
     _ensure_release("ModelNet40", data_dir, download, url, "modelnet40_ply_hdf5_2048.zip",
                     MODELNET_FILES, wanted, _check_modelnet)
-    out = {"class_names": (data_dir / "shape_names.txt").read_text().split(), "synthetic": False}
+    files = [p.name for s in ("train", "test") for p in _modelnet_h5(data_dir, s)]
+    out = {"class_names": (data_dir / "shape_names.txt").read_text().split(), "synthetic": False,
+           "subset": len(files) < len(MODELNET_FILES) - 1, "files": files}
     for split in ("train", "test"):
         points, labels = [], []
         for path in _modelnet_h5(data_dir, split):

@@ -672,14 +672,16 @@ def log_epoch(log, epoch, means, shown, t0, structure, record, snapshot=None):
         snapshot(epoch + 1)
 
 
-def check_finite(loss, terms, epoch):
-    """Stop the run with one line when a step's loss is NaN or infinite (diverged weights, a
-    term out of range): nothing after it would mean anything, and nothing is saved."""
-    if not torch.isfinite(loss):
-        values = ", ".join(f"{k} {v.item():.4g}" for k, v in terms.items())
-        sys.exit(f"error: the loss is {loss.item()} in epoch {epoch} ({values}): training "
-                 "diverged; no results were written. Try a smaller --lr or distillation "
-                 "weight (e.g. --lsp-weight)")
+def check_finite(epoch, **values):
+    """Stop the run with one line when a step's tensors (features, logits, loss, its terms)
+    hold NaN or inf: the weights have diverged, nothing after would mean anything, and no
+    results are written. Costs one sync per tensor on a GPU, like the step's .item()s."""
+    bad = [k for k, v in values.items() if not torch.isfinite(v).all()]
+    if bad:
+        shown = ", ".join(f"{k} {v.item():.4g}" for k, v in values.items() if v.dim() == 0)
+        sys.exit(f"error: training diverged in epoch {epoch}: {' and '.join(bad)} not finite"
+                 + (f" ({shown})" if shown else "") + "; no results were written. Try a "
+                 "smaller --lr or distillation weight (e.g. --lsp-weight)")
 
 
 def structure_results(structure, fit):

@@ -110,6 +110,7 @@ def train_epoch(model, ds, args, opt, gen, device, epoch, teacher=None, regresso
         pts, labels = pts.to(device), labels.to(device)
         B, P, _ = pts.shape
         feats_s, logits = model(pts, return_feats=True)
+        check_finite(epoch, features=feats_s[args.lsp_layer][0], logits=logits)
         terms = {"ce": F.cross_entropy(logits, labels, label_smoothing=args.smoothing)}
         if teacher is not None:
             out_t = teacher_output(teacher, pts, args.lsp_layer, args.kd, args.teacher_amp, sigma_t)
@@ -117,7 +118,7 @@ def train_epoch(model, ds, args, opt, gen, device, epoch, teacher=None, regresso
             cloud = torch.arange(B, device=device).repeat_interleave(P)  # (B*P,) cloud id
             terms.update(distill_terms(args, f_s, logits, ei_s, out_t, cloud, regressor))
         loss = total_loss(args, terms["ce"], terms)
-        check_finite(loss, terms, epoch)
+        check_finite(epoch, loss=loss, **terms)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -340,6 +341,9 @@ def main(argv=None):
     device = pick_device(args.device)
     run_dir, log = open_run(args, data_name(args), "modelnet")
     ds = load_data(args)
+    if ds.get("subset"):
+        log(f"the data in {args.data_dir} is a subset of the release ({', '.join(ds['files'])})"
+            ": its scores are not comparable with the paper's", warning=True)
     log(f"data {data_name(args)}: train {len(ds['train_labels'])} clouds, test "
         f"{len(ds['test_labels'])} clouds, {args.num_points} points | {device}")
     teacher, ckpt = get_teacher(args, ds, device, run_dir, log)

@@ -110,6 +110,8 @@ def train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t=None, regressor=
         x, y, ei = g.x.to(device), g.y.to(device), g.edge_index.to(device)
         meter.start()
         feats_s, logits = model(x, ei, return_feats=True)
+        layer = args.lsp_layer_s if outs_t is not None else -1  # the features the terms use
+        check_finite(epoch, features=feats_s[layer], logits=logits)
         terms = {"bce": F.binary_cross_entropy_with_logits(logits, y)}
         if outs_t is not None:
             # NOTE: the paper ran no KD on PPI ("not suitable": 121 labels, no softmax); here
@@ -119,7 +121,7 @@ def train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t=None, regressor=
                 stack_outputs([outs_t[i] for i in idx]), g.batch.to(device), regressor,
                 multilabel=True, with_lsp=args.lsp_epochs is None or epoch < args.lsp_epochs))
         loss = total_loss(args, terms["bce"], terms)
-        check_finite(loss, terms, epoch)
+        check_finite(epoch, loss=loss, **terms)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -64,7 +64,7 @@ BAD_FLAGS = [  # (script, flags, what the error line says); both scripts where N
     ("train_modelnet.py", ["--channels-s", "8,,8"], "integers separated by commas"),
     # diverged: a NaN or infinite loss stops the run instead of writing results of nonsense
     ("train_ppi.py", ["--lsp", "--kernel", "poly", "--degree", "9", "--lsp-weight", "1e38"],
-     "training diverged"),
+     "training diverged in epoch 0: loss not finite"),
 ]
 
 
