@@ -4,7 +4,8 @@ sizes (random, deterministic by seed).
 
 A row is one training iteration as train_ppi.py / train_modelnet.py run it (forward, task
 loss, distillation loss, backward, optimiser step) or one inference forward. Rows: teacher,
-student, student+KD, +AT, +FitNet, +LSP for every kernel in lsp_kd.KERNELS, and inference of
+student, student+KD, +AT, +FitNet, +LSP for every kernel in lsp_kd.KERNELS, +HKD (not in the
+LSP paper; over the batch's nodes on PPI, its clouds on ModelNet40), and inference of
 teacher and student.
 - PPI: a batch of 2 graphs, Adam. The frozen teacher's outputs are computed once and cached,
   as train_ppi.py does, so distillation rows time the student's step plus the loss.
@@ -47,7 +48,7 @@ import models
 from experiment import TEST_BATCH, TeacherOutput, given_flags, parser_for, sync
 
 METHODS = (["teacher", "student", "kd", "at", "fitnet"] + [f"lsp_{k}" for k in lsp_kd.KERNELS]
-           + ["lsp_rbf_auto"])  # RBF with --sigma auto: each model's median σ
+           + ["lsp_rbf_auto", "hkd"])  # RBF with --sigma auto: each model's median σ; HKD
 AVG_DEGREE = 14                        # PPI's average degree (Sec. 4.1)
 TEACHER_K = models.dgcnn_teacher().k   # 20: the teacher's kNN size, which the knn rows time
 FULL_SIZES = {"ppi_nodes": 2372, "clouds": 32, "points": 1024}  # the paper's: Sec. 4.1, 4.2
@@ -169,22 +170,26 @@ def distill_args(method):
         return p.parse_args(["--lsp", "--kernel", "rbf", "--sigma", "auto"])
     if method.startswith("lsp_"):
         return p.parse_args(["--lsp", "--kernel", method[4:]])
-    return p.parse_args([f"--{method}"] if method in ("kd", "at", "fitnet") else [])
+    return p.parse_args([f"--{method}"] if method in ("kd", "at", "fitnet", "hkd") else [])
 
 
 def run_experiment(build, make_opt, loss_for, widths, infer, args, device, measure):
-    """Every training row (loss_for(method)(model, regressor) -> loss) and the two inference
-    rows; infer = (inputs of the forward, samples in it)."""
+    """Every training row (loss_for(method)(model, learned) -> loss) and the two inference
+    rows; widths {"fitnet": (F_s, F_t), "hkd": (F_s, F_t)}: of FitNet's regressor and HKD's
+    maps, the `learned` module of their rows, trained with the student; infer = (inputs of
+    the forward, samples in it)."""
     def trainer(method):
         def make_step():
             torch.manual_seed(0)
             model = build(method).train()
-            regressor = nn.Linear(*widths).to(device) if method == "fitnet" else None
-            params = list(model.parameters()) + list(regressor.parameters() if regressor else [])
+            learned = {"fitnet": lambda: nn.Linear(*widths["fitnet"]),
+                       "hkd": lambda: lsp_kd.HolisticMaps(*widths["hkd"])}.get(method)
+            learned = learned().to(device) if learned else None
+            params = list(model.parameters()) + list(learned.parameters() if learned else [])
             opt, loss_fn = make_opt(params), loss_for(method)
 
             def step():
-                loss = loss_fn(model, regressor)
+                loss = loss_fn(model, learned)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -208,7 +213,7 @@ def run_experiment(build, make_opt, loss_for, widths, infer, args, device, measu
         makers[f"{m} inference"] = (inference(m), infer[1])
     rows = run_rows(makers, args, device, measure)
     n_t, n_s = models.num_params(build("teacher")), models.num_params(build("student"))
-    for m in METHODS:  # FitNet's regressor is not counted, as in the paper
+    for m in METHODS:  # FitNet's regressor is not counted, as in the paper (nor HKD's maps)
         rows[m]["params"] = n_t if m == "teacher" else n_s
     return rows
 
@@ -253,16 +258,17 @@ def bench_ppi(args, device, measure):
                               log_ls=log_ls_t["rbf_auto" if auto else d_args.kernel]
                               if d_args.lsp else None, sigma=sigma_t)
 
-        def loss(model, regressor):
+        def loss(model, learned):
             feats, logits = model(x, ei, return_feats=True)
             bce = F.binary_cross_entropy_with_logits(logits, y)
             terms = experiment.distill_terms(d_args, feats[-1], logits, ei, out_t, batch,
-                                             regressor, multilabel=True)
+                                             learned, multilabel=True, hkd_maps=learned)
             return experiment.total_loss(d_args, bce, terms)
         return loss
 
     hidden = models.gat_student().layers[-2]
-    widths = (hidden.heads * hidden.out_dim, feats_t[-1].size(1))   # FitNet: 136 -> 1024
+    widths = (hidden.heads * hidden.out_dim, feats_t[-1].size(1))   # 136 -> 1024
+    widths = {"fitnet": widths, "hkd": widths}                      # HKD: the same layer
     adam = partial(torch.optim.Adam, lr=0.005)
     rows = run_experiment(build, adam, loss_for, widths, ((x[:n], ei0), 1), args, device,
                           measure)
@@ -284,28 +290,38 @@ def bench_modelnet(args, device, measure):
         model = models.dgcnn_teacher() if method == "teacher" else models.dgcnn_student()
         return model.to(device)
 
+    hkd_k = min(distill_args("hkd").hkd_k, B - 1)  # HKD's kNN graph of the B clouds
+
     def loss_for(method):
         d_args = distill_args(method)
+        d_args.hkd_k = hkd_k
 
-        def loss(model, regressor):
-            feats_s, logits = model(pts, return_feats=True)
+        def loss(model, learned):
+            feats_s, pooled_s = model.embed(pts)           # EdgeConvs, (B, F_g) global features
+            logits = model.head(pooled_s)
             ce = F.cross_entropy(logits, labels, label_smoothing=0.2)
             if method in ("teacher", "student"):
                 return ce
-            # the frozen teacher, every iteration, as train_modelnet.py; only KD needs logits
-            out_t = experiment.teacher_output(teacher, pts, -1, d_args.kd, sigma=sigma_t)
+            # the frozen teacher, every iteration, as train_modelnet.py; only KD and HKD need
+            # the teacher's head and pooling
+            out_t = experiment.teacher_output(teacher, pts, -1, d_args.kd or d_args.hkd,
+                                              sigma=sigma_t)
             f_s, ei_s = feats_s[-1]                        # the last EdgeConv, as the teacher's
-            terms = experiment.distill_terms(d_args, f_s, logits, ei_s, out_t, cloud, regressor)
+            terms = experiment.distill_terms(d_args, f_s, logits, ei_s, out_t, cloud, learned,
+                                             hkd_maps=learned, inst_s=pooled_s)
             return experiment.total_loss(d_args, ce, terms)
         return loss
 
-    widths = (models.dgcnn_student().convs[-1].fc.out_features,
-              teacher.convs[-1].fc.out_features)                      # FitNet: 128 -> 256
+    student = models.dgcnn_student()
+    widths = {"fitnet": (student.convs[-1].fc.out_features,
+                         teacher.convs[-1].fc.out_features),           # 128 -> 256
+              "hkd": (student.global_dim, teacher.global_dim)}         # 256 -> 2048
     sgd = partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-4)
     test = pts[:TEST_BATCH]                                           # (TEST_BATCH, P, 3)
     rows = run_experiment(build, sgd, loss_for, widths, ((test,), len(test)), args, device,
                           measure)
-    return rows, f"{B} clouds x {P} points; inference: a batch of {len(test)}, per cloud"
+    return rows, (f"{B} clouds x {P} points; inference: a batch of {len(test)}, per cloud; "
+                  f"HKD: k = {hkd_k}")
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
 """What the PPI and ModelNet40 experiments share: seeding, device, atomic saving, the run log,
-the teacher checkpoint, the distillation flags and the terms of one step (Eq. 7 and the
-baselines of Sec. 4.1), the epoch line, the structure metrics, the memory measure, the
-paper's figures (with the run's name and row) and the summary over seeds.
+the teacher checkpoint, the distillation flags and the terms of one step (Eq. 7, the
+baselines of Sec. 4.1, and HKD and the label correlation, which the paper does not have),
+the epoch line, the structure metrics, the memory measure, the paper's figures (with the
+run's name and row) and the summary over seeds.
 
 train_ppi.py, train_modelnet.py and bench.py import it; it imports no script.
 Dimensions: N nodes (B*P points on ModelNet40), E edges, F features, C labels or classes.
@@ -420,6 +421,7 @@ class TeacherOutput(NamedTuple):
     edge_index: Optional[torch.Tensor] = None   # (2, E_t) its own graph when not the student's
     log_ls: Optional[torch.Tensor] = None       # (E,) log LS^t of Eq. (3), cached on a fixed graph
     sigma: Optional[float] = None               # the teacher's own σ under --sigma auto
+    inst: Optional[torch.Tensor] = None         # (B, F_g) HKD's instances when not feat's nodes
 
 
 def stack_outputs(outs):
@@ -432,14 +434,19 @@ def stack_outputs(outs):
 @torch.no_grad()
 def teacher_output(teacher, pts, layer, with_logits, amp=False, sigma=None):
     """The frozen DGCNN teacher on clouds pts (B, P, 3) -> TeacherOutput: its EdgeConv `layer`
-    (B*P, F_t), that layer's kNN graph (2, B*P*k), with_logits its logits (B, C) for KD
-    (else only its EdgeConvs run), its σ; amp: under autocast, the outputs back in float32."""
+    (B*P, F_t), that layer's kNN graph (2, B*P*k), with_logits its logits (B, C) for KD and
+    its pooled global feature (B, F_g) for HKD (else only its EdgeConvs run), its σ; amp:
+    under autocast, the outputs back in float32."""
+    pooled_t = logits_t = None
     with torch.autocast(pts.device.type, enabled=amp):
-        feats_t, logits_t = (teacher(pts, return_feats=True) if with_logits
-                             else (teacher.edge_features(pts), None))
+        if with_logits:
+            feats_t, pooled_t = teacher.embed(pts)
+            logits_t = teacher.head(pooled_t)
+        else:
+            feats_t = teacher.edge_features(pts)
     f_t, ei_t = feats_t[layer]
     return TeacherOutput(f_t.float(), None if logits_t is None else logits_t.float(), ei_t,
-                         sigma=sigma)
+                         sigma=sigma, inst=None if pooled_t is None else pooled_t.float())
 
 
 def sigma_arg(text):
@@ -453,6 +460,20 @@ def sigma_arg(text):
     if not value > 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"σ must be > 0, got {text}")
     return value
+
+
+# HKD's hyper-parameters (flag dest -> (default, its letter in the method's name)).
+# NOTE: the HKD slides give none of them; here the HKD authors' code's: k = 8 neighbours,
+# L = 1 hop (its TAGConv), τ = 0.07, d = 128, because the slides build on that code.
+HKD_DEFAULTS = {"hkd_k": (8, "k"), "hkd_layers": (1, "L"), "hkd_tau": (0.07, "tau"),
+                "hkd_dim": (128, "dim")}
+# NOTE: neither weight is in the slides (the HKD authors' code weighs its HKD loss 3, with a
+# memory bank of negatives); here each is the round number at which, at initialisation, the
+# term's gradient on the student is of the order of the task loss's, measured on the
+# training batches of the synthetic data (README): at weight 1, HKD's is 4-6× the CE's on
+# ModelNet40 and 12-22× the BCE's on PPI, the label correlation's 0.7× the BCE's.
+HKD_WEIGHT = 0.1
+KD_CORR_WEIGHT = 1.0
 
 
 def add_distill_args(p):
@@ -480,13 +501,43 @@ def add_distill_args(p):
     # are L2-normalised per graph or cloud, so its MSE is of order 1/N, and FitNet 1.
     p.add_argument("--at-weight", type=float, default=1000.0, help="weight of the AT term")
     p.add_argument("--fitnet-weight", type=float, default=1.0, help="weight of the FitNet term")
+    p.add_argument("--hkd", action="store_true",
+                   help="holistic KD (Zhou et al., ICCV 2021; not in the LSP paper): InfoNCE "
+                        "between GNN embeddings of kNN graphs of the batch's instances (PPI: "
+                        "its nodes; ModelNet40: its clouds)")
+    p.add_argument("--hkd-weight", type=float, default=HKD_WEIGHT, help="weight of the HKD term")
+    p.add_argument("--hkd-k", type=int, default=HKD_DEFAULTS["hkd_k"][0],
+                   help="HKD: neighbours of each instance in its kNN context graph")
+    p.add_argument("--hkd-layers", type=int, default=HKD_DEFAULTS["hkd_layers"][0],
+                   help="HKD: L, the hops of H = Σ_{l=0..L} Â^l F Θ_l")
+    p.add_argument("--hkd-tau", type=float, default=HKD_DEFAULTS["hkd_tau"][0],
+                   help="HKD: temperature τ of the cosine similarity f")
+    p.add_argument("--hkd-dim", type=int, default=HKD_DEFAULTS["hkd_dim"][0],
+                   help="HKD: common width d of the learned maps Θ_l")
+    p.add_argument("--hkd-no-centre", action="store_true",
+                   help="HKD on the features as they are, as the slides write it, instead of "
+                        "centred over the batch (ours)")
+
+
+def add_multilabel_args(p):
+    """The flags of the multi-label KD of the HKD authors' slides (train_ppi.py only)."""
+    p.add_argument("--kd-corr", action="store_true",
+                   help="label-correlation KD: the conditional label matrices P(L_j | L_i) "
+                        "of teacher and student over a batch's nodes, matched row by row")
+    p.add_argument("--kd-corr-weight", type=float, default=KD_CORR_WEIGHT,
+                   help="weight of the label-correlation term")
 
 
 def check_distill_flags(parser, args, given):
-    """Refuse a negative λ, and kernel hyper-parameters that args.kernel would ignore (given:
-    given_flags)."""
+    """Refuse a negative λ or weight, HKD settings out of their range, and kernel
+    hyper-parameters that args.kernel would ignore (given: given_flags)."""
     if args.lsp_weight < 0:
         parser.error(f"--lsp-weight must be >= 0, got {args.lsp_weight}")
+    require(parser, args, ("hkd_weight", lambda v: v >= 0, ">= 0"),
+            ("hkd_k", lambda v: v >= 1, ">= 1"), ("hkd_layers", lambda v: v >= 0, ">= 0"),
+            ("hkd_tau", lambda v: v > 0, "> 0"), ("hkd_dim", lambda v: v >= 1, ">= 1"))
+    if hasattr(args, "kd_corr_weight"):
+        require(parser, args, ("kd_corr_weight", lambda v: v >= 0, ">= 0"))
     owner = {"sigma": "rbf", "degree": "poly", "c": "poly"}
     unused = [f"--{k}" for k, kernel in owner.items() if k in given and args.kernel != kernel]
     if unused:
@@ -495,7 +546,17 @@ def check_distill_flags(parser, args, given):
 
 def distilling(args):
     """Whether args asks for any knowledge from the teacher (else the student is Student_Full)."""
-    return args.lsp or args.kd or args.at or args.fitnet
+    return (args.lsp or args.kd or args.at or args.fitnet or getattr(args, "hkd", False)
+            or getattr(args, "kd_corr", False))
+
+
+def hkd_label(args):
+    """e.g. "hkd", or "hkd-k4-tau0.1" when a hyper-parameter is not HKD_DEFAULTS', and
+    "hkd-uncentred" with --hkd-no-centre."""
+    return "hkd" + "".join(f"-{letter}{getattr(args, dest):g}"
+                           for dest, (default, letter) in HKD_DEFAULTS.items()
+                           if getattr(args, dest) != default) + (
+        "-uncentred" if args.hkd_no_centre else "")
 
 
 def kernel_kwargs(args, sigma_t=None):
@@ -528,17 +589,21 @@ def teacher_sigma(args, samples):
 
 
 def distill_terms(args, feat_s, logits_s, edge_index, teacher, batch, regressor=None,
-                  multilabel=False, with_lsp=True):
+                  multilabel=False, with_lsp=True, hkd_maps=None, inst_s=None):
     """The unweighted distillation terms that args asks for, {name: scalar tensor}.
 
     feat_s (N, F_s): the student's layer matching teacher.feat; logits_s (N, C) or (B, C);
     edge_index (2, E): the student's graph (the teacher's too, unless teacher.edge_index);
     teacher: a TeacherOutput; batch (N,): graph or cloud id, for AT; regressor: FitNet's
-    F_s -> F_t map; multilabel: KD with per-label sigmoids; with_lsp False skips LSP.
+    F_s -> F_t map; multilabel: KD with per-label sigmoids; with_lsp False skips LSP;
+    hkd_maps: HKD's lsp_kd.HolisticMaps; inst_s (B, F_g): the student's HKD instances when
+    they are not feat_s's nodes (then teacher.inst holds the teacher's).
     """
     terms = {}
     if args.kd:
         terms["kd"] = lsp_kd.kd_loss(logits_s, teacher.logits, T=args.kd_T, multilabel=multilabel)
+    if getattr(args, "kd_corr", False):  # P(L_j | L_i) over the batch's nodes (PPI)
+        terms["kd_corr"] = lsp_kd.label_correlation_loss(logits_s, teacher.logits)
     if args.lsp and with_lsp:
         if teacher.edge_index is not None:  # Sec. 3.5: both structures over E^u = E^s ∪ E^t
             edge_index = lsp_kd.union_graph(edge_index, teacher.edge_index, feat_s.size(0))
@@ -564,17 +629,29 @@ def distill_terms(args, feat_s, logits_s, edge_index, teacher, batch, regressor=
         terms["at"] = lsp_kd.at_loss(feat_s, teacher.feat, batch)
     if args.fitnet:
         terms["fitnet"] = lsp_kd.fitnet_loss(feat_s, teacher.feat, regressor)
+    if args.hkd:
+        # HKD's instances are what the task labels, as the images of its CIFAR experiments:
+        # on PPI the nodes, with the features of the layer LSP uses (feat_s), so that both
+        # methods distil the same layer; on ModelNet40 the clouds, with their pooled global
+        # features (inst_s), the last features before the classifier, as HKD's on CIFAR
+        terms["hkd"] = lsp_kd.hkd_loss(feat_s if inst_s is None else inst_s,
+                                       teacher.feat if inst_s is None else teacher.inst,
+                                       hkd_maps, k=args.hkd_k, tau=args.hkd_tau,
+                                       centre=not args.hkd_no_centre)
     return terms
 
 
 def total_loss(args, task_loss, terms):
-    """Eq. (7), L = task + λ L_LSP, plus each baseline's term times its weight; with KD, as
-    Hinton, the task loss becomes (1 - α) task + α KD."""
+    """Eq. (7), L = task + λ L_LSP, plus each other method's term (AT, FitNet, HKD, the
+    label correlation) times its weight; with KD, as Hinton, the task loss becomes
+    (1 - α) task + α KD."""
     loss = task_loss
     if "kd" in terms:
         loss = (1 - args.kd_alpha) * task_loss + args.kd_alpha * terms["kd"]
     for name, weight in (("lsp", args.lsp_weight), ("at", args.at_weight),
-                         ("fitnet", args.fitnet_weight)):
+                         ("fitnet", args.fitnet_weight),
+                         ("hkd", getattr(args, "hkd_weight", None)),
+                         ("kd_corr", getattr(args, "kd_corr_weight", None))):
         if name in terms:
             loss = loss + weight * terms[name]              # "lsp": Eq. (7)
     return loss
@@ -840,11 +917,14 @@ def log_table(log, exp, rows):
 
 def method_name(args):
     """The run's method: "Student", "[variant]" for a Table 6 variant (train_modelnet.py),
-    then "_" and the methods it uses joined by "+", e.g. "Student_kd+lsp_rbf-sigmaauto" or
-    "Student_lsp_official" (train_ppi.py --official); "Student_Full" without any."""
-    used = [name for name in ("kd", "at", "fitnet") if getattr(args, name)]
+    then "_" and the methods it uses joined by "+", e.g. "Student_kd+lsp_rbf-sigmaauto",
+    "Student_lsp_official" (train_ppi.py --official) or "Student_kd+hkd"; "Student_Full"
+    without any."""
+    used = [name for name in ("kd", "kd_corr", "at", "fitnet") if getattr(args, name, False)]
     if args.lsp:
         used.append("lsp_official" if getattr(args, "official", False) else kernel_label(args))
+    if getattr(args, "hkd", False):
+        used.append(hkd_label(args))
     variant = getattr(args, "variant", "base")
     variant = "" if variant == "base" else f"[{variant}]"
     return "Student" + variant + "_" + ("+".join(used) if used else "Full")
@@ -852,9 +932,11 @@ def method_name(args):
 
 def paper_row(args, exp):
     """The row of PAPER[exp] this run corresponds to: a row of Table 2 (exp "ppi") or of
-    Tables 4-5 ("modelnet"); None for a combination of methods or a Table 6 variant."""
+    Tables 4-5 ("modelnet"); None for a combination of methods, a Table 6 variant, or a
+    method the paper does not have (HKD, the label correlation)."""
     used = [name for name in ("lsp", "kd", "at", "fitnet") if getattr(args, name)]
-    if getattr(args, "variant", "base") != "base" or len(used) > 1:
+    if (getattr(args, "variant", "base") != "base" or len(used) > 1
+            or getattr(args, "hkd", False) or getattr(args, "kd_corr", False)):
         return None
     if used == ["lsp"]:  # Table 2 has LSP's RBF row only: every PPI LSP run stands beside it
         return "lsp_rbf" if exp == "ppi" else f"lsp_{args.kernel}"

@@ -13,6 +13,10 @@ The loss comes twice, with the same numbers (tests/test_lsp_kd.py proves it):
   half can be computed once and reused. Built from the pieces below it.
 Then the diagnostics that say whether an LSP term is alive (`median_sigma`, `kl_from_uniform`,
 `kernel_saturation`) and a structure metric that cannot saturate (`neighbour_rank_correlation`).
+Last, two methods the LSP paper does not have, to compare it with: Holistic KD (`hkd_loss`
+and its learned maps `HolisticMaps`; Zhou et al., ICCV 2021) and the label-correlation KD of
+the HKD authors' slides on multi-label KD (`label_correlation_loss`); each one function that
+needs only `import torch`.
 
 Notation (paper symbol -> name here):
     z_i, z_j      feat[i], feat[j]              node features of one layer, (N, F)
@@ -21,7 +25,11 @@ Notation (paper symbol -> name here):
     S_i           per-node KL                   Eq. (5), (N,)
     L_LSP         lsp_loss(...)                 Eq. (6), scalar
     E^u           union_graph(...)              Sec. 3.5
-Suffixes _s and _t mean student and teacher. Dimensions: N nodes, E edges, F features.
+    F, A, H       feat, A, H in hkd_loss        HKD: features, kNN graph, holistic representations
+    Θ_l           HolisticMaps.theta_s/_t[l]    HKD: learned maps into the common width d
+    P(L_j | L_i)  conditional in label_correlation_loss, (C, C)
+Suffixes _s and _t mean student and teacher. Dimensions: N nodes (HKD: instances), E edges,
+F features, C labels, d HKD's common width, k neighbours.
 """
 import torch
 import torch.nn.functional as F
@@ -503,3 +511,153 @@ def at_loss(feat_s, feat_t, batch=None):
         return a / norm.clamp_min(1e-12)[batch]                # (N,)
 
     return F.mse_loss(attention(feat_s), attention(feat_t.detach()))
+
+
+# ----------------------------------------------------------------------------------------
+# Beyond the LSP paper: Holistic KD (Zhou et al., ICCV 2021) and its authors' multi-label KD
+
+class HolisticMaps(torch.nn.Module):
+    """The learned maps of HKD's holistic representations H = Σ_{l=0..L} Â^l F Θ_l: for each
+    hop l = 0..L a bias-free Linear Θ^s_l (F_s -> d) for the student and Θ^t_l (F_t -> d) for
+    the teacher, into a common width d. All of them are trained with the student, the
+    teacher's Θ^t too (the teacher's features stay frozen), as FitNet's regressor is."""
+
+    def __init__(self, dim_s, dim_t, dim=128, hops=1):
+        super().__init__()
+        # NOTE: the slides write Θ_l as matrices; here bias-free Linear maps, and the common
+        # width d = 128 (the slides give none) as the HKD authors' code and CRD use. Their
+        # Algorithm 1 updates only the student's W^s; here the student's optimiser also
+        # trains every Θ (the teacher's too), as the HKD authors' code trains its embeddings.
+        self.theta_s = torch.nn.ModuleList(torch.nn.Linear(dim_s, dim, bias=False)
+                                           for _ in range(hops + 1))
+        self.theta_t = torch.nn.ModuleList(torch.nn.Linear(dim_t, dim, bias=False)
+                                           for _ in range(hops + 1))
+
+
+def hkd_loss(feat_s, feat_t, maps, k=8, tau=0.07, centre=True):
+    """Holistic knowledge distillation, L_HOL of Zhou et al., "Distilling Holistic Knowledge
+    with Graph Neural Networks", ICCV 2021 (its slides' Algorithm 1, steps 4-7), over the N
+    instances of one mini-batch:
+
+    F      <- F - mean_i F_i          centred over the batch (not in the slides; centre=True)
+    A      = φ(F)                     attributed context graph: each instance's k nearest
+                                      instances in the model's own feature space (step 4)
+    H      = Σ_{l=0..L} (D^{-1/2} A D^{-1/2})^l F Θ_l      per model, Eq. (5)-(6) (step 5)
+    f(a, b) = aᵀb / (‖a‖ ‖b‖ τ)       cosine similarity over a temperature τ
+    L_HOL  = -(1/N) Σ_i [ log e^{f(h_i^t, h_i^s)} / Σ_j e^{f(h_i^t, h_j^s)}
+                        + log e^{f(h_i^s, h_i^t)} / Σ_j e^{f(h_i^s, h_j^t)} ]   (steps 6-7)
+    the symmetric InfoNCE: each positive pair (h_i^t, h_i^s) against the batch's other
+    instances j ≠ i, teacher -> student and student -> teacher.
+
+    Args:
+        feat_s: (N, F_s) the student's features of N instances; gradients flow into them.
+        feat_t: (N, F_t) the teacher's; never receive gradient (its Θ^t_l do).
+        maps: a HolisticMaps(F_s, F_t, d, L): Θ^s_l = maps.theta_s[l], Θ^t_l = maps.theta_t[l].
+        k: neighbours of each instance in φ (the HKD authors' code: 8).
+        tau: the temperature τ of f (the HKD authors' code: 0.07).
+        centre: subtract the batch's mean feature first (not the slides'; see step 0).
+    Returns: a scalar >= 0 (float32 for half-precision input); 2 log N when every pair is
+    alike (f constant), lower as each h_i^s comes closer to its own h_i^t than to the others.
+    Raises ValueError for N < k + 1 instances (φ needs k others), for malformed input, and
+    for NaN or inf in the features (a diverged model).
+    """
+    N = feat_s.size(0)
+    if feat_s.dim() != 2 or feat_t.dim() != 2 or feat_t.size(0) != N:
+        raise ValueError(f"feat_s and feat_t must be (N, F) with the same N, got "
+                         f"{tuple(feat_s.shape)} and {tuple(feat_t.shape)}")
+    if k < 1 or N < k + 1:
+        raise ValueError(f"HKD's kNN graph needs k >= 1 and at least k + 1 = {k + 1} "
+                         f"instances in a batch, got k = {k} and {N} instances")
+    for z, who in ((feat_s, "student"), (feat_t, "teacher")):
+        if not torch.isfinite(z).all():
+            raise ValueError(f"the {who}'s features contain NaN or inf: has it diverged?")
+
+    def holistic(feat, thetas):                               # h / ‖h‖ of one model, (N, d)
+        feat = feat.float() if feat.dtype in (torch.float16, torch.bfloat16) else feat
+        # 0. NOTE: not in the slides: F is centred over the batch's instances (φ's distances
+        #    do not change). Pooled features after a ReLU-like activation share one direction
+        #    (94% of their squared norm on our synthetic ModelNet40); then f(h_i, h_j) ≈ 1/τ
+        #    for every pair, L_HOL sits at 2 log N, and SGD at lr 0.1 does not leave it.
+        if centre:
+            feat = feat - feat.mean(0, keepdim=True)          # (N, F)
+        # 1. φ: the attributed context graph, from the features as they are now (topk is not
+        #    differentiable: A carries no gradient), by Euclidean distance, as the slides'
+        #    A = φ(F) (the HKD authors' code builds it from the softmax of the logits instead)
+        with torch.no_grad():
+            dist = torch.cdist(feat, feat)                    # ‖F_i - F_j‖, (N, N)
+            dist.fill_diagonal_(float("inf"))                 # an instance is not its own
+            nbr = dist.topk(k, dim=1, largest=False).indices  # (N, k)
+            A = torch.zeros_like(dist).scatter_(1, nbr, 1.0)  # A_ij = 1: j among i's k, (N, N)
+            # NOTE: the slides do not say whether φ's graph is directed; here symmetric
+            # (A_ij = 1 when either is among the other's k nearest) and without self-loops,
+            # because D^{-1/2} A D^{-1/2} is GCN's normalisation of an undirected graph, and
+            # the l = 0 term F Θ_0 already holds each instance's own features.
+            A = torch.maximum(A, A.t())                       # (N, N)
+            d = A.sum(1).rsqrt()                              # D^{-1/2}: every degree >= k
+            A_hat = d[:, None] * A * d[None, :]               # D^{-1/2} A D^{-1/2}, (N, N)
+        # 2. Eq. (5)-(6): H = Σ_l Â^l F Θ_l = F Θ_0 + Â(F Θ_1 + Â(... + Â F Θ_L)) (Horner:
+        #    L products with Â, each on width d)
+        H = thetas[-1](feat)                                  # F Θ_L, (N, d)
+        for theta in reversed(thetas[:-1]):
+            H = theta(feat) + A_hat @ H                       # (N, d)
+        return torch.nn.functional.normalize(H, dim=1)        # (N, d), unit rows: f is a cosine
+
+    h_s = holistic(feat_s, maps.theta_s)                      # (N, d)
+    h_t = holistic(feat_t.detach(), maps.theta_t)             # (N, d); the teacher is frozen
+    # 3. f(h_i^t, h_j^s) for every pair: row i holds teacher instance i against every student
+    #    instance j; column i, student instance i against every teacher instance
+    # NOTE: the slides write the negatives as f(h_i^t, f_j^s), a feature f_j^s of another
+    # space and width; here h_j^s (and h_j^t), as in the mutual-information bound just above
+    # L_HOL in the slides, so that positives and negatives are compared alike.
+    logits = h_t @ h_s.t() / tau                              # (N, N)
+    target = torch.arange(N, device=logits.device)           # the positive: the same instance
+    # NOTE: the slides' L_HOL is a sum over i of log-probabilities, to be maximised; here its
+    # negative, averaged over the N instances, so that its weight does not depend on the
+    # batch size. The negatives are the batch's other instances only (the HKD authors' code
+    # also draws 16384 from a memory bank, and adds the same loss on F Θ_0 alone).
+    return (torch.nn.functional.cross_entropy(logits, target)       # teacher -> student
+            + torch.nn.functional.cross_entropy(logits.t(), target))  # student -> teacher
+
+
+def label_correlation_loss(logits_s, logits_t):
+    """Multi-label KD by label correlation ("Correlation Matrix KL divergence/MSE", the last
+    section of the HKD authors' slides): match the teacher's and the student's conditional
+    label matrices P(L_j | L_i), the probability that label j occurs where label i does,
+    estimated from the per-label sigmoid outputs of the N nodes of a batch:
+
+    p_nc         = sigmoid(z_nc)                                 (N, C)
+    P(L_j | L_i) = Σ_n p_ni p_nj / Σ_n p_ni,   j ≠ i             (C, C), asymmetric
+    R_i          = (1 / (C - 1)) Σ_{j≠i} KL(Bern(P^t(L_j|L_i)) || Bern(P^s(L_j|L_i)))
+    L_corr       = (1 / C) Σ_i R_i                               row i matched as a whole
+
+    Args: logits_s, logits_t: (N, C) per-label logits of the same N nodes, C >= 2.
+    Returns: a scalar >= 0 (float32 for half-precision input), 0 when the matrices agree;
+    no gradient reaches logits_t.
+    """
+    if logits_s.shape != logits_t.shape or logits_s.dim() != 2 or logits_s.size(1) < 2:
+        raise ValueError(f"logits_s and logits_t must have the same shape (N, C), C >= 2, "
+                         f"got {tuple(logits_s.shape)} and {tuple(logits_t.shape)}")
+    C = logits_s.size(1)
+
+    def conditional(z):        # P(L_j | L_i) and 1 - P(L_j | L_i) as [i, j], (C, C) each
+        z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+        # w_ni = p_ni / Σ_n p_ni, as a softmax over the nodes of log p_ni: finite whatever
+        # the logits, even for a label that no node holds
+        w = torch.softmax(torch.nn.functional.logsigmoid(z), dim=0)    # (N, C)
+        # Σ_n w_ni p_nj, and Σ_n w_ni (1 - p_nj) (not 1 - P: no cancellation near P = 1)
+        return w.t() @ torch.sigmoid(z), w.t() @ torch.sigmoid(-z)     # (C, C) each
+
+    p_s, q_s = conditional(logits_s)
+    with torch.no_grad():
+        p_t, q_t = conditional(logits_t)                      # the teacher is frozen
+    # NOTE: the slides name a KL divergence or an MSE between the matrices, not how; a row
+    # P(L_· | L_i) is not a distribution (it sums to the expected number of other labels),
+    # so here each entry is the probability of a binary event, compared by a Bernoulli KL
+    # (teacher first, as kd_loss(multilabel=True)), then averaged over the row's C - 1
+    # entries and over the rows. The diagonal, P(L_i | L_i) = 1, is left out.
+    tiny = torch.finfo(p_s.dtype).tiny                        # log 0 -> a finite large number
+    kl = (torch.xlogy(p_t, p_t) - torch.xlogy(p_t, p_s.clamp_min(tiny))
+          + torch.xlogy(q_t, q_t) - torch.xlogy(q_t, q_s.clamp_min(tiny)))  # (C, C)
+    off = ~torch.eye(C, dtype=torch.bool, device=kl.device)   # j ≠ i
+    R = kl[off].view(C, C - 1).mean(1)                        # R_i, (C,)
+    return R.clamp_min(0).mean()  # clamp: a KL is >= 0; only float rounding goes below

@@ -280,6 +280,7 @@ class DGCNN(nn.Module):
                                      nn.BatchNorm1d(emb_dim), nn.LeakyReLU(NEGATIVE_SLOPE))
             width = emb_dim
         width *= 2 if pool == "maxavg" else 1
+        self.global_dim = width  # of the pooled global feature that the head classifies
         head = []
         for l, w in enumerate(mlp):  # as DGCNN: only the first MLP Linear is bias-free
             head += [nn.Linear(width, w, bias=l > 0), nn.BatchNorm1d(w),
@@ -300,8 +301,9 @@ class DGCNN(nn.Module):
             feats.append((x, edge_index))
         return feats
 
-    def forward(self, pts, return_feats=False):
-        """pts (B, P, 3) -> logits (B, num_classes); with return_feats, also edge_features."""
+    def embed(self, pts):
+        """Everything before the head: pts (B, P, 3) -> (edge_features(pts), the pooled global
+        feature of each cloud (B, global_dim)); self.head(pooled) gives the logits."""
         B, P, _ = pts.shape
         feats = self.edge_features(pts)
         x = torch.cat([f for f, _ in feats], dim=-1)              # (B*P, ΣF)
@@ -311,6 +313,11 @@ class DGCNN(nn.Module):
         pooled = x.max(dim=1).values                               # (B, F)
         if self.pool == "maxavg":
             pooled = torch.cat([pooled, x.mean(dim=1)], dim=-1)    # (B, 2F)
+        return feats, pooled
+
+    def forward(self, pts, return_feats=False):
+        """pts (B, P, 3) -> logits (B, num_classes); with return_feats, also edge_features."""
+        feats, pooled = self.embed(pts)
         logits = self.head(pooled)                                 # (B, num_classes)
         return (feats, logits) if return_feats else logits
 

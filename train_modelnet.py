@@ -7,6 +7,7 @@ then the student:
 
     python train_modelnet.py --lsp --kernel rbf
     python train_modelnet.py --data synthetic --epochs 20 --teacher-epochs 20 --lsp --sigma auto
+    python train_modelnet.py --hkd --kd     # HKD + KD over each batch's clouds (not in the paper)
 
 As DGCNN, no validation split exists: accuracies are those of the last epoch.
 Dimensions: B clouds, P points, F features, k neighbours, C = 40 classes.
@@ -100,7 +101,7 @@ def probe_teacher(args, ds, student, teacher, device, log):
 # Training
 
 def train_epoch(model, ds, args, opt, gen, device, epoch, teacher=None, regressor=None,
-                sigma_t=None):
+                sigma_t=None, hkd_maps=None):
     """One pass of SGD over the training clouds (Eq. 7); returns {term: mean over steps}."""
     model.train()
     history = []
@@ -109,14 +110,17 @@ def train_epoch(model, ds, args, opt, gen, device, epoch, teacher=None, regresso
     for pts, labels in itertools.islice(batches, 1 if args.dry_run else None):
         pts, labels = pts.to(device), labels.to(device)
         B, P, _ = pts.shape
-        feats_s, logits = model(pts, return_feats=True)
+        feats_s, pooled_s = model.embed(pts)  # EdgeConv outputs, global features (B, F_g)
+        logits = model.head(pooled_s)                                    # (B, C)
         check_finite(epoch, features=feats_s[args.lsp_layer][0], logits=logits)
         terms = {"ce": F.cross_entropy(logits, labels, label_smoothing=args.smoothing)}
         if teacher is not None:
-            out_t = teacher_output(teacher, pts, args.lsp_layer, args.kd, args.teacher_amp, sigma_t)
+            out_t = teacher_output(teacher, pts, args.lsp_layer, args.kd or args.hkd,
+                                   args.teacher_amp, sigma_t)
             f_s, ei_s = feats_s[args.lsp_layer]                          # (B*P, F_s), (2, E_s)
             cloud = torch.arange(B, device=device).repeat_interleave(P)  # (B*P,) cloud id
-            terms.update(distill_terms(args, f_s, logits, ei_s, out_t, cloud, regressor))
+            terms.update(distill_terms(args, f_s, logits, ei_s, out_t, cloud, regressor,
+                                       hkd_maps=hkd_maps, inst_s=pooled_s))
         loss = total_loss(args, terms["ce"], terms)
         check_finite(epoch, loss=loss, **terms)
         opt.zero_grad(set_to_none=True)
@@ -137,11 +141,15 @@ def train(model, ds, args, device, log, epochs, seed, teacher=None, sigma_t=None
     # NOTE: the paper gives only SGD, lr 0.1, momentum 0.9 and 250 epochs; here the rest as
     # DGCNN's code (cosine to 1e-3, weight decay 1e-4, label smoothing 0.2, batch 32),
     # because the paper builds on DGCNN.
-    regressor = None
+    regressor = hkd_maps = None
     if teacher is not None and args.fitnet:  # FitNet's learned regressor F_s -> F_t
         regressor = nn.Linear(model.convs[args.lsp_layer].fc.out_features,
                               teacher.convs[args.lsp_layer].fc.out_features).to(device)
-    params = list(model.parameters()) + (list(regressor.parameters()) if regressor else [])
+    if teacher is not None and args.hkd:  # HKD's maps Θ^s_l, Θ^t_l of the global features
+        hkd_maps = lsp_kd.HolisticMaps(model.global_dim, teacher.global_dim, args.hkd_dim,
+                                       args.hkd_layers).to(device)
+    params = list(model.parameters()) + [p for learned in (regressor, hkd_maps) if learned
+                                         for p in learned.parameters()]
     opt = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs, eta_min=args.lr_min)
     gen = torch.Generator().manual_seed(seed)
@@ -152,7 +160,7 @@ def train(model, ds, args, device, log, epochs, seed, teacher=None, sigma_t=None
         lr = sched.get_last_lr()[0]  # this epoch's
         meter.start()  # one "iteration" of the meter = one epoch here, as in Table 4
         means = train_epoch(model, ds, args, opt, gen, device, epoch, teacher, regressor,
-                            sigma_t)
+                            sigma_t, hkd_maps)
         sched.step()
         meter.stop()
         log_epoch(log, epoch, means, f"lr {lr:.4f}", t0, structure, record, snapshot)
@@ -223,9 +231,13 @@ def get_args(argv=None):
             ("k_s", lambda v: 0 < v < args.num_points, f"in [1, --num-points = {args.num_points})"),
             ("train_per_class", lambda v: v >= 1, ">= 1"),
             ("test_per_class", lambda v: v >= 1, ">= 1"))
+    if args.hkd:  # HKD's instances are the clouds of a batch: k neighbours each, and itself
+        require(p, args, ("batch_size", lambda v: v >= args.hkd_k + 1,
+                          f">= --hkd-k + 1 = {args.hkd_k + 1} with --hkd (its kNN graph of the "
+                          "batch's clouds)"))
     if args.dry_run:
         args.epochs = args.teacher_epochs = 1
-        args.batch_size = min(args.batch_size, 4)
+        args.batch_size = min(args.batch_size, max(4, args.hkd_k + 1 if args.hkd else 0))
         if "data" not in given:  # as --help promises: a smoke test needs no download
             args.data = "synthetic"
         if args.data == "synthetic":

@@ -5,7 +5,11 @@ One command runs the whole experiment: if no teacher checkpoint exists it trains
 
     L = BCE(student, y) + λ L_LSP (+ KD, AT, FitNet terms when asked for)
 
+Two methods the LSP paper does not have can be compared with it: Holistic KD (--hkd, over the
+nodes of each batch) and the label-correlation KD of the HKD authors' slides (--kd-corr).
+
     python train_ppi.py --lsp --kernel rbf                  # the paper's Student_LSP
+    python train_ppi.py --hkd --kd                          # HKD + KD (not in the paper)
     python train_ppi.py --data synthetic --scale 0.1 --epochs 60 --teacher-epochs 60 \
         --lsp --sigma auto                                  # each model's median σ (ours)
 
@@ -22,15 +26,16 @@ import torch.nn.functional as F
 
 import data
 import lsp_kd
-from experiment import (SAVE_EVERY, Meter, TeacherOutput, add_distill_args, add_run_args,
-                        add_teacher_args, check_distill_flags, check_finite, cost_of,
-                        distill_terms, distilling, epoch_means, given_flags, kernel_kwargs,
-                        load_or_train_teacher, log_epoch, log_structure, log_table, main_guard,
-                        method_name, open_run, paper_row, parser_for, pick_device, require,
-                        restore_training_state, save_results, save_snapshot, set_seed,
-                        stack_outputs, structure_metrics, structure_results, summarize,
-                        teacher_provenance, teacher_sigma, teacher_structure, total_loss,
-                        training_state)
+from experiment import (SAVE_EVERY, Meter, TeacherOutput, add_distill_args,
+                        add_multilabel_args, add_run_args, add_teacher_args,
+                        check_distill_flags, check_finite, cost_of, distill_terms,
+                        distilling, epoch_means, given_flags, kernel_kwargs,
+                        load_or_train_teacher, log_epoch, log_structure, log_table,
+                        main_guard, method_name, open_run, paper_row, parser_for,
+                        pick_device, require, restore_training_state, save_results,
+                        save_snapshot, set_seed, stack_outputs, structure_metrics,
+                        structure_results, summarize, teacher_provenance, teacher_sigma,
+                        teacher_structure, total_loss, training_state)
 from models import gat_student, gat_teacher, num_params
 
 # NOTE: the paper's LSP is Eq. (3)-(7) with RBF, λ = 100, in every epoch; the official code
@@ -100,7 +105,8 @@ def test_structure(student, layer_s, graphs, outs_t, device):
 # ----------------------------------------------------------------------------------------
 # Training
 
-def train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t=None, regressor=None):
+def train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t=None, regressor=None,
+                hkd_maps=None):
     """One pass of Adam over the training graphs (Eq. 7); returns {term: mean over steps}."""
     device = meter.device
     model.train()
@@ -119,7 +125,8 @@ def train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t=None, regressor=
             terms.update(distill_terms(
                 args, feats_s[args.lsp_layer_s], logits, ei,
                 stack_outputs([outs_t[i] for i in idx]), g.batch.to(device), regressor,
-                multilabel=True, with_lsp=args.lsp_epochs is None or epoch < args.lsp_epochs))
+                multilabel=True, with_lsp=args.lsp_epochs is None or epoch < args.lsp_epochs,
+                hkd_maps=hkd_maps))
         loss = total_loss(args, terms["bce"], terms)
         check_finite(epoch, loss=loss, **terms)
         opt.zero_grad(set_to_none=True)
@@ -138,11 +145,16 @@ def train(model, ds, args, device, log, epochs, seed, outs_t=None, structure=Non
     from a training_state `resume`, and hands one to save_progress every SAVE_EVERY epochs.
     Returns {best_val, epoch, s_per_iter, peak_mb, memory, structure_by_epoch, ...}, the
     model left holding the weights of its best-validation epoch."""
-    regressor = None
-    if outs_t is not None and args.fitnet:  # FitNet's learned regressor F_s -> F_t
-        hidden = model.layers[:-1][args.lsp_layer_s]  # the hidden layer LSP/AT/FitNet use
-        regressor = nn.Linear(hidden.heads * hidden.out_dim, outs_t[0].feat.size(1)).to(device)
-    params = list(model.parameters()) + (list(regressor.parameters()) if regressor else [])
+    regressor = hkd_maps = None
+    if outs_t is not None:  # the student: F_s and F_t of the layers LSP/AT/FitNet/HKD use
+        hidden = model.layers[:-1][args.lsp_layer_s]
+        F_s, F_t = hidden.heads * hidden.out_dim, outs_t[0].feat.size(1)
+        if args.fitnet:  # FitNet's learned regressor F_s -> F_t
+            regressor = nn.Linear(F_s, F_t).to(device)
+        if args.hkd:     # HKD's maps Θ^s_l, Θ^t_l, trained with the student
+            hkd_maps = lsp_kd.HolisticMaps(F_s, F_t, args.hkd_dim, args.hkd_layers).to(device)
+    params = list(model.parameters()) + [p for learned in (regressor, hkd_maps) if learned
+                                         for p in learned.parameters()]
     opt = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     meter, record = Meter(device), {"structure_by_epoch": {}, "sigma_s_by_epoch": []}
@@ -152,7 +164,8 @@ def train(model, ds, args, device, log, epochs, seed, outs_t=None, structure=Non
         best_val, best_epoch, best_state = resume["best"]
     for epoch in range(start, epochs):
         t0 = time.time()
-        means = train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t, regressor)
+        means = train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t, regressor,
+                            hkd_maps)
         # NOTE: the paper does not say which epoch it reports (the official code keeps its
         # teacher's last); here each model's best-validation epoch, because then no test
         # number picks a checkpoint.
@@ -186,6 +199,7 @@ def make_parser():
     add_teacher_args(p, "ppi_teacher", epochs=500, seed=0)
     # distillation
     add_distill_args(p)
+    add_multilabel_args(p)
     # NOTE: the paper does not say which layers LSP compares; here the last hidden layer of
     # each model (before its ELU), as the official code's teacher, flags to choose others.
     p.add_argument("--lsp-layer-s", type=int, default=-1,
@@ -331,6 +345,10 @@ def main(argv=None):
     device = pick_device(args.device)
     run_dir, log = open_run(args, data_name(args), "ppi")
     ds = load_data(args)
+    smallest = min(g.x.size(0) for g in ds["train"])  # a batch holds one graph at least
+    if args.hkd and smallest < args.hkd_k + 1:
+        sys.exit(f"error: --hkd-k {args.hkd_k} needs k + 1 = {args.hkd_k + 1} nodes in every "
+                 f"batch, but a training graph has only {smallest}")
     log(f"data {data_name(args)}: " + ", ".join(f"{s} {len(ds[s])} graphs / "
                                          f"{sum(g.x.size(0) for g in ds[s])} nodes"
                                          for s in ("train", "valid", "test")) + f" | {device}")

@@ -37,7 +37,7 @@ def test_bench_tiny_every_row(tmp_path):
     assert res["tensor_measure"] and res["tensor_measure"] in proc.stdout
     assert "bench.py" in res["command"]
     methods = (["teacher", "student", "kd", "at", "fitnet"] + [f"lsp_{k}" for k in lsp_kd.KERNELS]
-               + ["lsp_rbf_auto"])
+               + ["lsp_rbf_auto", "hkd"])
     expected = {"ppi": methods + ["teacher inference", "student inference"],
                 "modelnet": methods + ["teacher inference", "student inference"],
                 "knn": [f"{name} F={F}" for F in (3, 64) for name in ("knn_graph", "dense topk")]}
@@ -58,6 +58,7 @@ def test_bench_tiny_every_row(tmp_path):
             assert rows["teacher"]["params"] == (3_640_748 if exp == "ppi" else 1_809_576)
             assert all(math.isfinite(rows[m]["time_ratio"]) for m in methods)
             assert all(math.isfinite(rows[m]["tensor_ratio"]) for m in methods)
+            assert "student+hkd" in proc.stdout  # the + HKD row, beside the others
     knn = res["experiments"]["knn"]["rows"]
     assert all(knn[f"knn_graph F={F}"]["ratio_to_dense"] > 0 for F in (3, 64))
     if importlib.util.find_spec("torch_geometric") is None:

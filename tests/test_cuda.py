@@ -153,8 +153,35 @@ def test_baselines():
               lsp_kd.kd_loss(logits_s, logits_t, multilabel=multilabel))
 
 
+def test_hkd_and_label_correlation():
+    """The two methods beyond the LSP paper: loss and gradients (student, both maps)."""
+    gen = torch.Generator().manual_seed(0)
+    f_s, f_t = torch.randn(300, 16, generator=gen), torch.randn(300, 24, generator=gen)
+    logits_s, logits_t = torch.randn(300, 40, generator=gen), torch.randn(300, 40, generator=gen)
+    maps = lsp_kd.HolisticMaps(16, 24, 32, 2)
+    maps_gpu = lsp_kd.HolisticMaps(16, 24, 32, 2).to(CUDA)
+    maps_gpu.load_state_dict(maps.state_dict())
+    for fn, args_cpu, args_gpu, learned in (
+            (lsp_kd.hkd_loss, (f_s, f_t, maps), (f_s.to(CUDA), f_t.to(CUDA), maps_gpu),
+             (maps, maps_gpu)),
+            (lsp_kd.label_correlation_loss, (logits_s, logits_t),
+             (logits_s.to(CUDA), logits_t.to(CUDA)), None)):
+        x_cpu, x_gpu = args_cpu[0].clone().requires_grad_(), args_gpu[0].clone().requires_grad_()
+        loss_cpu, loss_gpu = fn(x_cpu, *args_cpu[1:]), fn(x_gpu, *args_gpu[1:])
+        close(loss_gpu, loss_cpu)
+        loss_cpu.backward()
+        loss_gpu.backward()
+        close(x_gpu.grad, x_cpu.grad, 1e-3)
+        if learned:
+            for p, q in zip(learned[0].parameters(), learned[1].parameters()):
+                close(q.grad, p.grad, 1e-3)
+    half = lsp_kd.hkd_loss(f_s.to(CUDA).half(), f_t.to(CUDA).half(), maps_gpu)
+    assert half.dtype == torch.float32 and torch.isfinite(half)
+
+
 @pytest.mark.parametrize("script", ["train_ppi.py", "train_modelnet.py"])
-@pytest.mark.parametrize("flags", [[], ["--lsp"], ["--lsp", "--sigma", "auto"]])
+@pytest.mark.parametrize("flags", [[], ["--lsp"], ["--lsp", "--sigma", "auto"],
+                                   ["--hkd", "--kd"]])
 def test_script_dry_run_on_cuda(tmp_path, script, flags):
     p = subprocess.run([sys.executable, os.path.join(ROOT, script), "--data", "synthetic",
                         "--dry-run", "--device", "cuda", "--out-dir", str(tmp_path), *flags],

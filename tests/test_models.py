@@ -464,3 +464,26 @@ def test_dgcnn_float64():
 def test_dgcnn_bad_pool_raises():
     with pytest.raises(ValueError):
         DGCNN(pool="avg")
+
+
+@pytest.mark.parametrize("model", [dgcnn_teacher(), dgcnn_student(), small_dgcnn()],
+                         ids=["teacher", "student", "small"])
+def test_dgcnn_embed_is_forward_before_the_head(model):
+    """embed gives the EdgeConv outputs and the pooled global feature (HKD's instances on
+    ModelNet40): max (⊕ mean) over each cloud's points of the concatenated EdgeConv outputs
+    (through the embedding layer when there is one); the head of it is forward."""
+    torch.manual_seed(0)
+    model.eval()
+    B, P = 3, 24
+    pts = torch.randn(B, P, 3)
+    with torch.no_grad():
+        feats, pooled = model.embed(pts)
+        x = torch.cat([f for f, _ in feats], dim=-1)
+        x = (model.emb(x) if model.emb is not None else x).view(B, P, -1)
+        want = x.max(dim=1).values
+        if model.pool == "maxavg":
+            want = torch.cat([want, x.mean(dim=1)], dim=-1)
+        torch.testing.assert_close(pooled, want)
+        assert pooled.shape == (B, model.global_dim)
+        torch.testing.assert_close(model.head(pooled), model(pts))
+    assert (dgcnn_teacher().global_dim, dgcnn_student().global_dim) == (2048, 256)
