@@ -45,7 +45,9 @@ import torch.nn.functional as F
 import experiment
 import lsp_kd
 import models
-from experiment import TEST_BATCH, TeacherOutput, given_flags, parser_for, sync
+import runs
+from experiment import TEST_BATCH, TeacherOutput, sync
+from runs import given_flags, parser_for
 
 METHODS = (["teacher", "student", "kd", "at", "fitnet"] + [f"lsp_{k}" for k in lsp_kd.KERNELS]
            + ["lsp_rbf_auto", "hkd"])  # RBF with --sigma auto: each model's median σ; HKD
@@ -470,7 +472,7 @@ def get_args(argv=None):
 
 def main(argv=None):
     args = get_args(argv)
-    device = experiment.pick_device(args.device)
+    device = runs.pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     measure = experiment.Meter(device).measure  # what this system can measure

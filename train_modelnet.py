@@ -23,16 +23,16 @@ import torch.nn.functional as F
 
 import data
 import lsp_kd
-from experiment import (SAVE_EVERY, TEST_BATCH, Meter, add_distill_args, add_run_args,
-                        add_teacher_args, check_distill_flags, check_finite, cost_of,
-                        distill_terms, distilling, epoch_means, given_flags, int_list,
-                        load_or_train_teacher, log_epoch, log_structure, log_table, main_guard,
-                        method_name, open_run, paper_row, parser_for, pick_device, require,
-                        restore_training_state, save_results, save_snapshot, set_seed,
-                        structure_metrics, structure_results, summarize, teacher_output,
-                        teacher_provenance, teacher_sigma, teacher_structure, total_loss,
-                        training_state)
+from experiment import (TEST_BATCH, Meter, add_distill_args, check_distill_flags, cost_of,
+                        distill_terms, distilling, epoch_means, log_epoch, log_structure,
+                        log_table, method_name, paper_row, structure_metrics,
+                        structure_results, teacher_output, teacher_sigma, teacher_structure,
+                        total_loss)
 from models import STUDENT_VARIANTS, dgcnn_student, dgcnn_teacher, num_params
+from runs import (SAVE_EVERY, add_run_args, add_teacher_args, check_finite, given_flags,
+                  int_list, load_or_train_teacher, main_guard, open_run, parser_for,
+                  pick_device, require, restore_training_state, save_results, save_snapshot,
+                  set_seed, summarize, teacher_provenance, training_state)
 
 PROBE_BATCHES = 4  # training batches on which the teacher's structure is measured (and its σ)
 

@@ -26,17 +26,16 @@ import torch.nn.functional as F
 
 import data
 import lsp_kd
-from experiment import (SAVE_EVERY, Meter, TeacherOutput, add_distill_args,
-                        add_multilabel_args, add_run_args, add_teacher_args,
-                        check_distill_flags, check_finite, cost_of, distill_terms,
-                        distilling, epoch_means, given_flags, kernel_kwargs,
-                        load_or_train_teacher, log_epoch, log_structure, log_table,
-                        main_guard, method_name, open_run, paper_row, parser_for,
-                        pick_device, require, restore_training_state, save_results,
-                        save_snapshot, set_seed, stack_outputs, structure_metrics,
-                        structure_results, summarize, teacher_provenance, teacher_sigma,
-                        teacher_structure, total_loss, training_state)
+from experiment import (Meter, TeacherOutput, add_distill_args, add_multilabel_args,
+                        check_distill_flags, cost_of, distill_terms, distilling, epoch_means,
+                        kernel_kwargs, log_epoch, log_structure, log_table, method_name,
+                        paper_row, stack_outputs, structure_metrics, structure_results,
+                        teacher_sigma, teacher_structure, total_loss)
 from models import gat_student, gat_teacher, num_params
+from runs import (SAVE_EVERY, add_run_args, add_teacher_args, check_finite, given_flags,
+                  load_or_train_teacher, main_guard, open_run, parser_for, pick_device,
+                  require, restore_training_state, save_results, save_snapshot, set_seed,
+                  summarize, teacher_provenance, training_state)
 
 # NOTE: the paper's LSP is Eq. (3)-(7) with RBF, λ = 100, in every epoch; the official code
 # differs in all of these. Here the paper is the default, and --official sets the official

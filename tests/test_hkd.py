@@ -292,7 +292,7 @@ def test_pastes_alone(name):
 # experiment.py: the flags, the terms of one step, the method's name and row
 
 def distill_parser(multilabel=False):
-    p = experiment.Parser()
+    p = argparse.ArgumentParser()
     experiment.add_distill_args(p)
     if multilabel:
         experiment.add_multilabel_args(p)

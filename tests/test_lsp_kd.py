@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from lsp_kd import (KERNELS, at_loss, fitnet_loss, kd_loss, local_structure,
                     log_local_structure, lsp_loss, lsp_loss_fast, union_graph)

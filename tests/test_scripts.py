@@ -12,6 +12,7 @@ import torch
 import bench
 import experiment
 import lsp_kd
+import runs
 import train_modelnet
 import train_ppi
 from models import DGCNN, gat_student
@@ -93,7 +94,7 @@ def test_cuda_request_without_cuda(tmp_path):
 def test_ppi_teacher_of_another_architecture(tmp_path):
     wrong = gat_student()  # a student where a teacher is expected
     ckpt = tmp_path / "wrong.pt"
-    torch.save({"model": wrong.state_dict(), "arch": experiment.arch_of(wrong), "config": {},
+    torch.save({"model": wrong.state_dict(), "arch": runs.arch_of(wrong), "config": {},
                 "epoch": 0, "best_val": 0.0}, ckpt)
     p = run("train_ppi.py", "--data", "synthetic", "--dry-run", "--teacher-ckpt", str(ckpt),
             "--out-dir", str(tmp_path))
@@ -187,7 +188,7 @@ def test_modelnet_offline_error_is_clear(tmp_path):
 def test_modelnet_teacher_of_another_architecture(tmp_path):
     wrong = DGCNN((8, 8), emb_dim=0, pool="max", mlp=(16,), k=4)
     ckpt = tmp_path / "wrong.pt"
-    torch.save({"model": wrong.state_dict(), "arch": experiment.arch_of(wrong), "config": {},
+    torch.save({"model": wrong.state_dict(), "arch": runs.arch_of(wrong), "config": {},
                 "epoch": 0}, ckpt)
     p = run("train_modelnet.py", "--data", "synthetic", "--dry-run", "--teacher-ckpt",
             str(ckpt), "--out-dir", str(tmp_path))
@@ -239,8 +240,8 @@ def test_official_sets_its_recipe():
 
 def test_given_flags_tells_explicit_from_default():
     p = train_modelnet.make_parser()
-    assert experiment.given_flags(p, []) == set()
-    assert experiment.given_flags(p, ["--k-s", "10", "--lsp", "--data-seed", "0"]) == {
+    assert runs.given_flags(p, []) == set()
+    assert runs.given_flags(p, ["--k-s", "10", "--lsp", "--data-seed", "0"]) == {
         "k_s", "lsp", "data_seed"}
 
 

@@ -13,7 +13,7 @@ import types
 import pytest
 import torch
 
-import experiment
+import runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ["train_ppi.py", "train_modelnet.py"]
@@ -159,13 +159,13 @@ def test_a_running_command_is_not_run_twice_at_once(tmp_path):
 def test_a_restarted_run_first_removes_what_its_last_attempt_left(tmp_path, capsys):
     args = types.SimpleNamespace(out_dir=str(tmp_path), summarize=None, data="synthetic",
                                  seed=0, lsp=False, kd=False, at=False, fitnet=False)
-    run_dir, log = experiment.open_run(args, "synthetic-x", "ppi")
+    run_dir, log = runs.open_run(args, "synthetic-x", "ppi")
     for name in ("results.json", "cost.json", "student.pt"):
         open(os.path.join(run_dir, name), "w").close()
     del log  # the first attempt ends: its log file closes and its lock goes
-    experiment.INTERRUPTED["log"] = None
+    runs.INTERRUPTED["log"] = None
     gc.collect()
-    run_dir_again, _ = experiment.open_run(args, "synthetic-x", "ppi")
+    run_dir_again, _ = runs.open_run(args, "synthetic-x", "ppi")
     assert run_dir_again == run_dir
     assert sorted(os.listdir(run_dir)) == ["args.json", "log.txt"]
 

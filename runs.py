@@ -1,0 +1,408 @@
+"""A run's life, shared by train_ppi.py, train_modelnet.py and bench.py: its seed and device,
+its folder, log and files, its command line's checks and one-line errors, Ctrl-C, the
+teacher's checkpoint (named by its settings, resumable) and the summary over seeds.
+
+What a run computes (the distillation terms, the structure metrics, the cost, the paper's
+figures) is in experiment.py; this file is about where it goes and when it stops.
+"""
+import argparse
+import contextlib
+import glob
+import hashlib
+import json
+import os
+import random
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+from experiment import method_name
+
+try:
+    import fcntl  # the run folder's lock; absent on Windows, where runs go unlocked
+except ImportError:
+    fcntl = None
+
+# ----------------------------------------------------------------------------------------
+# Seed, device, files, the run's folder and log
+
+def set_seed(seed):
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def pick_device(name):
+    """--device auto|cpu|cuda -> torch.device; a clear exit when CUDA is asked for but absent.
+    On the CPU, torch's deterministic algorithms are switched on, so that a seeded run repeats
+    bit for bit at a given thread count (the backward pass of x[index] otherwise accumulates
+    in an order that varies between runs); on CUDA they are not (README: Reproducibility)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda was asked for, but torch.cuda.is_available() is False "
+                 "(no GPU, or a CPU-only torch build); use --device cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.use_deterministic_algorithms(name == "cpu")
+    return torch.device(name)
+
+
+
+def atomic_save(obj, path, as_json=False):
+    """Write to a temp file beside `path`, then rename: never a half-written file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    if as_json:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+    else:
+        torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def check_writable(folder, what):
+    """Create `folder` if needed and write a file into it, or exit with one line: done before
+    any training, so that no work is lost to an unwritable path at the end."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        sys.exit(f"error: cannot write {what} to {folder}: {e.strerror or e}")
+
+
+def digest(obj):
+    """8 hex digits that change whenever the JSON form of obj does."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+# What to print on Ctrl-C, kept up to date by the run (see main_guard); the log to write it to.
+INTERRUPTED = {"hint": "nothing of the run was saved", "log": None}
+
+
+def main_guard(main):
+    """Run a script's main(); on Ctrl-C, one line saying what was kept and how to resume,
+    exit status 130, instead of a KeyboardInterrupt traceback."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        msg = f"interrupted: {INTERRUPTED['hint']}"
+        if INTERRUPTED["log"] is not None:
+            INTERRUPTED["log"](msg, to_screen=False)
+        print("\n" + msg, file=sys.stderr)
+        sys.exit(130)
+
+
+def check_finite(epoch, **values):
+    """Stop the run with one line when a step's tensors (features, logits, loss, its terms)
+    hold NaN or inf: the weights have diverged, nothing after would mean anything, and no
+    results are written. Costs one sync per tensor on a GPU, like the step's .item()s."""
+    bad = [k for k, v in values.items() if not torch.isfinite(v).all()]
+    if bad:
+        shown = ", ".join(f"{k} {v.item():.4g}" for k, v in values.items() if v.dim() == 0)
+        sys.exit(f"error: training diverged in epoch {epoch}: {' and '.join(bad)} not finite"
+                 + (f" ({shown})" if shown else "") + "; no results were written. Try a "
+                 "smaller --lr or distillation weight (e.g. --lsp-weight)")
+
+
+# Arguments that do not change what a run computes: left out of its folder's name.
+NOT_IN_RUN_NAME = ("out_dir", "summarize")
+
+
+def open_run(args, data_name, experiment):
+    """The run's folder and log. -> (run_dir, log).
+
+    The folder is <out_dir>/<data>_<method>_seed<seed>_<digest of every other argument>, so
+    runs with different arguments never share one, and the same command always finds its
+    own. A run that starts there removes what an earlier attempt of the same command left
+    (results.json is written only at the end of a complete run), then holds a lock on the
+    folder until it exits. log(msg) prints and appends to run_dir/log.txt, each line prefixed
+    with "[synthetic] " on synthetic data; log(msg, warning=True) prints "warning: msg" to
+    stderr instead. The log starts with the command line; args.json is written at once."""
+    key = {k: v for k, v in vars(args).items() if k not in NOT_IN_RUN_NAME}
+    run_dir = os.path.join(args.out_dir, f"{data_name}_{method_name(args)}_seed{args.seed}_"
+                                         f"{digest({'experiment': experiment, **key})}")
+    check_writable(run_dir, "the run's outputs")
+    path = os.path.join(run_dir, "log.txt")
+    log_file = open(path, "a")
+    if fcntl is not None:
+        try:  # held until the process exits, however it exits
+            fcntl.flock(log_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            sys.exit(f"error: another run of the same command is writing to {run_dir}; "
+                     "wait for it, or give another --out-dir")
+    log_file.truncate(0)  # the same command's earlier attempt: replaced, not mixed in
+    for name in ("results.json", "cost.json", "student.pt"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(run_dir, name))
+    tag = "[synthetic] " if args.data == "synthetic" else ""
+
+    def log(msg, warning=False, to_screen=True):
+        msg = "warning: " + msg if warning else msg
+        if to_screen:
+            print(msg if warning else tag + msg, file=sys.stderr if warning else sys.stdout,
+                  flush=True)
+        log_file.write(tag + msg + "\n")
+        log_file.flush()
+
+    INTERRUPTED["log"] = log
+    log(f"command: {' '.join(sys.argv)}")
+    log(f"run folder: {run_dir}")
+    atomic_save({"experiment": experiment, **vars(args)}, os.path.join(run_dir, "args.json"),
+                as_json=True)
+    return run_dir, log
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line ends with the one line "error: ..." (exit status 2)
+    instead of the usage text and the program's name."""
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def parser_for(doc):
+    """An argument parser whose --help shows every flag's default, described by doc's 1st line."""
+    return Parser(description=doc.split("\n\n")[0],
+                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def int_list(text):
+    """An argparse type for widths: "32,32,64" -> (32, 32, 64)."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}")
+
+
+def add_run_args(p, out_dir, dry_run):
+    """The run's flags, shared by both scripts: seed, device, output folder, smoke test."""
+    p.add_argument("--seed", type=int, default=0, help="student seed")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: cuda when there is one")
+    p.add_argument("--out-dir", default=out_dir,
+                   help="each run writes into its own folder in it, named by its arguments")
+    p.add_argument("--save-epochs", type=int_list, default=(),
+                   help="also save the student after these epochs, e.g. 1,5,10,20,50,100 "
+                        "(student_epoch001.pt, ...)")
+    p.add_argument("--dry-run", action="store_true", help=f"smoke test: {dry_run}")
+    p.add_argument("--summarize", metavar="DIR", default=None,
+                   help="print mean ± std over seeds of the results in DIR, then exit")
+
+
+def require(parser, args, *rules):
+    """Refuse flag values outside their range: rules (flag, ok(value) -> bool, "what it must
+    be"), e.g. ("epochs", lambda v: v >= 1, ">= 1"); one line naming the flag."""
+    for dest, ok, must in rules:
+        value = getattr(args, dest)
+        if not ok(value):
+            parser.error(f"--{dest.replace('_', '-')} must be {must}, got {value}")
+
+
+def save_results(args, run_dir, res, cost, student, fit):
+    """Write into run_dir, atomically: student.pt {model, args, epoch, best_val} (fit:
+    train()'s dict), cost.json (cost: the run's times and memory, which vary from run to
+    run), then results.json (res + seed and command line: what the same command on the same
+    machine and thread count repeats bit for bit), last, so that it exists only for a
+    complete run. Returns the results' path."""
+    atomic_save({"model": student.state_dict(), "args": vars(args), "epoch": fit["epoch"],
+                 "best_val": fit["best_val"]}, os.path.join(run_dir, "student.pt"))
+    atomic_save(cost, os.path.join(run_dir, "cost.json"), as_json=True)
+    res.update(synthetic=args.data == "synthetic", seed=args.seed, command=" ".join(sys.argv),
+               args=vars(args))
+    path = os.path.join(run_dir, "results.json")
+    atomic_save(res, path, as_json=True)
+    return path
+
+
+def save_snapshot(args, run_dir, model, epoch):
+    """--save-epochs: the student's weights after `epoch` (counted from 1), run_dir/
+    student_epoch<epoch>.pt, for figures drawn after the fact."""
+    if epoch in args.save_epochs:
+        atomic_save({"model": model.state_dict(), "args": vars(args), "epoch": epoch},
+                    os.path.join(run_dir, f"student_epoch{epoch:03d}.pt"))
+
+
+def given_flags(parser, argv=None):
+    """The dests of the flags given in argv (None: sys.argv[1:]), not left at their defaults:
+    argparse sets a default only where the namespace lacks it, so a marker stays unset."""
+    unset = object()
+    marked = argparse.Namespace(**{dest: unset for dest in vars(parser.parse_args(argv))})
+    return {dest for dest, v in vars(parser.parse_args(argv, marked)).items() if v is not unset}
+
+
+def mean_std(values):
+    v = np.array(values, dtype=float)
+    return (f"{v.mean():.4f} ± {v.std():.4f}" if abs(v.mean()) >= 1e-3
+            else f"{v.mean():.2e} ± {v.std():.1e}")
+
+
+def summarize(out_dir, experiment, keys):
+    """Mean ± std over seeds of the results.json of every run folder under out_dir, one row
+    per method; then, per method, the structure metrics after the epochs of STRUCTURE_EPOCHS.
+    Exits with one line when there are none, or when they are another experiment's."""
+    if not os.path.isdir(out_dir):
+        sys.exit(f"error: --summarize {out_dir}: no such folder")
+    runs_of = {}
+    for path in sorted(glob.glob(os.path.join(out_dir, "**", "results.json"), recursive=True)):
+        try:
+            with open(path) as f:
+                r = json.load(f)
+        except (OSError, ValueError) as e:
+            sys.exit(f"error: cannot read {path}: {e}")
+        if r.get("experiment") != experiment:
+            sys.exit(f"error: {path} holds results of {r.get('experiment', 'an older version')}"
+                     f", not of the {experiment} experiment; summarize it with its own script")
+        runs_of.setdefault(r["method"], []).append(r)
+    if not runs_of:
+        sys.exit(f"error: --summarize {out_dir}: no results.json in it or its folders (a run "
+                 "writes one only when it completes)")
+    keys = keys + ["ls_kl", "ls_kl_auto", "rank_corr"]
+    print(f"{'method':<28} {'seeds':>5} " + " ".join(f"{k:>17}" for k in keys))
+    for method, runs in runs_of.items():
+        print(f"{method:<28} {len(runs):>5} "
+              + " ".join(f"{mean_std([r[k] for r in runs]):>17}" for k in keys))
+    per_epoch = [keys[0], "ls_kl", "ls_kl_auto", "rank_corr"]  # the test score, structure
+    for method, runs in runs_of.items():
+        print(f"\n{method}: on the test data after epoch ({len(runs)} seeds)")
+        print(f"{'epoch':>5} " + " ".join(f"{k:>21}" for k in per_epoch))
+        by_epoch = [r["structure_by_epoch"] for r in runs]
+        for epoch in sorted({int(e) for b in by_epoch for e in b}):
+            at = [b[str(epoch)] for b in by_epoch if str(epoch) in b]
+            print(f"{epoch:>5} " + " ".join(f"{mean_std([m[k] for m in at]):>21}"
+                                            for k in per_epoch))
+
+
+# ----------------------------------------------------------------------------------------
+# The teacher: load its checkpoint, or train it (resumably) and save it
+
+SAVE_EVERY = 5  # epochs between the resumable checkpoints of a teacher in training
+
+
+def arch_of(model):
+    """The architecture as {parameter name: shape}: two models match iff their dicts do."""
+    return {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
+def read_checkpoint(path, teacher, config):
+    """A teacher checkpoint {model, arch, config, ...} (or a resumable one) at path, checked
+    against `teacher`'s architecture and the config this run would train it with; exits with
+    one line naming the differences otherwise."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        sys.exit(f"error: cannot read the teacher checkpoint {path} ({type(e).__name__}); "
+                 "delete it to train the teacher again")
+    if not isinstance(ckpt, dict) or not {"model", "arch", "config"} <= set(ckpt):
+        sys.exit(f"error: {path} is not a teacher checkpoint of this version of the code; "
+                 "delete it to train the teacher again, or pass another --teacher-ckpt")
+    arch = arch_of(teacher)
+    if ckpt["arch"] != arch:
+        diff = [k for k in sorted(set(arch) | set(ckpt["arch"]))
+                if ckpt["arch"].get(k) != arch.get(k)][:3]
+        sys.exit(f"error: the teacher checkpoint {path} holds another architecture than "
+                 f"this script's teacher (first differences: {diff}); pass another "
+                 "--teacher-ckpt or delete the file to train a new teacher")
+    diff = [f"{k} {ckpt['config'].get(k)!r} there, {v!r} here"
+            for k, v in config.items() if ckpt["config"].get(k) != v]
+    if diff:
+        sys.exit(f"error: the teacher checkpoint {path} was trained otherwise than this run "
+                 f"would train it ({'; '.join(diff)}); pass the teacher flags it was trained "
+                 "with, another --teacher-ckpt, or delete it to train the teacher again")
+    return ckpt
+
+
+def add_teacher_args(p, name, epochs, seed):
+    """The teacher's flags: its checkpoint (checkpoints/<name>_<data>_<digest>.pt), epochs, seed."""
+    p.add_argument("--teacher-ckpt", default=None,
+                   help=f"teacher checkpoint, trained and saved there if missing; None: "
+                        f"checkpoints/{name}_<data>_<digest of its settings>.pt, one per "
+                        "setting (a dry run: in the run folder)")
+    p.add_argument("--teacher-epochs", type=int, default=epochs, help="epochs of the teacher")
+    p.add_argument("--teacher-seed", type=int, default=seed,
+                   help="seed of the teacher's initialisation and batch order")
+
+
+def training_state(epoch, model, opt, gen, sched=None, **extra):
+    """What train() needs to go on after `epoch` exactly as if it had never stopped: the
+    weights, the optimiser (and scheduler), the batch-order generator, every RNG; + extra."""
+    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+           "python": random.getstate(),
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
+            "sched": sched.state_dict() if sched is not None else None, "gen": gen.get_state(),
+            "rng": rng, **extra}
+
+
+def restore_training_state(state, model, opt, gen, sched=None):
+    """Undo training_state: the same weights, optimiser, generator and RNGs. -> next epoch."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    if sched is not None:
+        sched.load_state_dict(state["sched"])
+    gen.set_state(state["gen"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["epoch"] + 1
+
+
+def load_or_train_teacher(teacher, args, config, name, train_teacher, describe, run_dir, log):
+    """The frozen teacher and its checkpoint. config: every setting that decides the teacher
+    (data and its options, architecture, epochs, optimiser, seed). Its file is --teacher-ckpt,
+    else checkpoints/<name>_<digest of config>.pt (a dry run's: in run_dir), so a teacher is
+    reused only by runs that would train the same one; a --teacher-ckpt trained otherwise
+    stops the run (read_checkpoint). When missing, train_teacher(resume, save_progress) ->
+    {epoch, best_val, ...} trains it, saving a resumable <file>.resume every SAVE_EVERY epochs
+    and resuming from one left by an interrupted run; then {model, arch, config, args, ...}
+    is saved atomically. Logs where the teacher comes from."""
+    path = args.teacher_ckpt or (os.path.join(run_dir, "teacher.pt") if args.dry_run else
+                                 os.path.join("checkpoints", f"{name}_{digest(config)}.pt"))
+    if os.path.exists(path):
+        ckpt = read_checkpoint(path, teacher, config)
+        teacher.load_state_dict(ckpt["model"])
+        how = "loaded from"
+    else:
+        check_writable(os.path.dirname(os.path.abspath(path)), "the teacher's checkpoint")
+        resume_path = path + ".resume"
+        resume = read_checkpoint(resume_path, teacher, config) if os.path.exists(
+            resume_path) else None
+        if resume is None:
+            log(f"no teacher at {path}: training it ({config['epochs']} epochs)")
+            INTERRUPTED["hint"] = (f"the teacher had not reached its first checkpoint (every "
+                                   f"{SAVE_EVERY} epochs): nothing was saved")
+        else:
+            log(f"resuming the teacher's training after epoch {resume['epoch'] + 1} of "
+                f"{config['epochs']} from {resume_path}")
+
+        def save_progress(state):
+            atomic_save({**state, "arch": arch_of(teacher), "config": config}, resume_path)
+            INTERRUPTED["hint"] = (f"the teacher's training is saved after epoch "
+                                   f"{state['epoch'] + 1} of {config['epochs']} in "
+                                   f"{resume_path}; rerun the same command to resume it")
+
+        fit = train_teacher(resume, save_progress)
+        ckpt = {"model": teacher.state_dict(), "arch": arch_of(teacher), "config": config,
+                "args": vars(args), **fit}
+        atomic_save(ckpt, path)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(resume_path)
+        how = "trained and saved to"
+    INTERRUPTED["hint"] = (f"the teacher is saved in {path}; the student's training is not "
+                           "resumable: rerun the same command to train it again")
+    log(f"teacher {how} {path}: {config['epochs']} epochs, seed {config['seed']}, "
+        f"{describe(ckpt)}")
+    teacher.eval().requires_grad_(False)
+    return {**ckpt, "path": path}
+
+
+def teacher_provenance(ckpt):
+    """Where the run's teacher comes from, for its results: file, settings, chosen epoch."""
+    return {"file": ckpt["path"], "config": ckpt["config"], "epoch": ckpt["epoch"],
+            "best_val": ckpt["best_val"]}
