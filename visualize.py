@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import train_modelnet
-from experiment import Parser, read_checkpoint
+from runs import Parser, read_checkpoint
 from models import dgcnn_student, dgcnn_teacher
 
 try:
