@@ -291,11 +291,11 @@ def mean_std_by_epoch(runs, key):
 
 
 def draw_panel(ax, methods, key, label, scale):
-    """One metric against the epoch, methods {name: (colour, runs)}: a line per method, the
+    """One metric against the epoch, methods {name: (colour, dashes, runs)}: a line per method, the
     mean over its runs, in a band ± std; on a log scale a mean of 0 is left out (and said)
     and a band that reaches 0 is cut at the panel's bottom."""
     notes, lines = [], []
-    for method, (colour, group) in methods.items():
+    for method, (colour, dashes, group) in methods.items():
         epochs, mean, std, bad = mean_std_by_epoch(group, key)
         if bad:
             notes.append(f"{method}: {bad} values not finite, left out")
@@ -303,7 +303,7 @@ def draw_panel(ax, methods, key, label, scale):
             notes.append(f"{method}: 0 at epoch {', '.join(map(str, epochs[mean <= 0]))}, "
                          "not drawn")
             mean = np.where(mean > 0, mean, np.nan)
-        ax.plot(epochs, mean, "o-", color=colour, ms=4,
+        ax.plot(epochs, mean, marker="o", linestyle=dashes, color=colour, ms=4,
                 label=f"{method} ({len(group)} seed{'s' if len(group) > 1 else ''})")
         lines.append((epochs, mean, std, colour))
     drawn = np.concatenate([mean[np.isfinite(mean)] for _, mean, _, _ in lines])
@@ -311,7 +311,7 @@ def draw_panel(ax, methods, key, label, scale):
     for epochs, mean, std, colour in lines:
         ax.fill_between(epochs, np.maximum(mean - std, bottom), mean + std, color=colour,
                         alpha=0.15, lw=0)
-    ticks = sorted({e for _, group in methods.values() for res in group for e in by_epoch(res)})
+    ticks = sorted({e for *_, group in methods.values() for res in group for e in by_epoch(res)})
     ax.set_xscale("log")  # the paper's epochs 1, 5, 10, 20, 50, 100: about evenly spaced
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.xaxis.set_minor_locator(NullLocator())
@@ -331,8 +331,9 @@ def draw_curves(experiment, runs, out):
     methods = {}
     for res in runs:
         methods.setdefault(res["method"], []).append(res)
-    colours = plt.cm.tab10(np.arange(len(methods)) % 10)
-    methods = {m: (c, group) for c, (m, group) in zip(colours, methods.items())}
+    colours = plt.cm.tab10(np.arange(len(methods)) % 10)  # past 10 methods: dashed lines
+    dashes = [("-", "--", ":", "-.")[i // 10 % 4] for i in range(len(methods))]
+    methods = {m: (c, d, group) for c, d, (m, group) in zip(colours, dashes, methods.items())}
     score, score_label = SCORE[experiment]
     fig, axes = plt.subplots(2, 2, figsize=CURVES_SIZE)
     fig.subplots_adjust(left=0.1, right=0.98, top=0.9, bottom=0.2, hspace=0.3, wspace=0.25)
