@@ -142,9 +142,12 @@ def add_multilabel_args(p):
 def check_distill_flags(parser, args, given):
     """Refuse a negative λ or weight, HKD settings out of their range, and kernel
     hyper-parameters that args.kernel would ignore (given: given_flags)."""
-    if args.lsp_weight < 0:
-        parser.error(f"--lsp-weight must be >= 0, got {args.lsp_weight}")
-    for dest, ok, must in (("hkd_weight", lambda v: v >= 0, ">= 0"),
+    for dest, ok, must in (("lsp_weight", lambda v: v >= 0, ">= 0"),  # v >= 0 refuses nan
+                           ("at_weight", lambda v: v >= 0, ">= 0"),
+                           ("fitnet_weight", lambda v: v >= 0, ">= 0"),
+                           ("kd_alpha", lambda v: 0 <= v <= 1, "in [0, 1]"),
+                           ("kd_T", lambda v: v > 0, "> 0"),
+                           ("degree", lambda v: v >= 1, ">= 1"),("hkd_weight", lambda v: v >= 0, ">= 0"),
                            ("hkd_k", lambda v: v >= 1, ">= 1"),
                            ("hkd_layers", lambda v: v >= 0, ">= 0"),
                            ("hkd_tau", lambda v: v > 0, "> 0"),   # also refuses nan

@@ -187,10 +187,14 @@ def _check_pair(feat_s, feat_t, num_nodes):
     return N
 
 
+class NonFiniteError(ValueError):
+    """Features with NaN or inf: a model that has diverged (the scripts stop with one line)."""
+
+
 def _check_finite(feat, who):
-    """ValueError if feat holds NaN or inf (who: "student" or "teacher")."""
+    """NonFiniteError if feat holds NaN or inf (who: "student" or "teacher")."""
     if not torch.isfinite(feat).all():
-        raise ValueError(f"the {who}'s features contain NaN or inf: has it diverged?")
+        raise NonFiniteError(f"the {who}'s features contain NaN or inf: has it diverged?")
 
 
 def _check_per_edge(edge_index, num_nodes, **per_edge):
@@ -654,7 +658,8 @@ def label_correlation_loss(logits_s, logits_t):
     # P(L_· | L_i) is not a distribution (it sums to the expected number of other labels),
     # so here each entry is the probability of a binary event, compared by a Bernoulli KL
     # (teacher first, as kd_loss(multilabel=True)), then averaged over the row's C - 1
-    # entries and over the rows. The diagonal, P(L_i | L_i) = 1, is left out.
+    # entries and over the rows. The diagonal, P(L_i | L_i), a label against itself, is
+    # left out.
     tiny = torch.finfo(p_s.dtype).tiny                        # log 0 -> a finite large number
     kl = (torch.xlogy(p_t, p_t) - torch.xlogy(p_t, p_s.clamp_min(tiny))
           + torch.xlogy(q_t, q_t) - torch.xlogy(q_t, q_s.clamp_min(tiny)))  # (C, C)

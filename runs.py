@@ -18,6 +18,7 @@ import tempfile
 import numpy as np
 import torch
 
+import lsp_kd
 from experiment import method_name
 
 try:
@@ -85,15 +86,27 @@ INTERRUPTED = {"hint": "nothing of the run was saved", "log": None}
 
 def main_guard(main):
     """Run a script's main(); on Ctrl-C, one line saying what was kept and how to resume,
-    exit status 130, instead of a KeyboardInterrupt traceback."""
+    exit status 130, instead of a KeyboardInterrupt traceback; features that became NaN or
+    inf (found by the structure metrics after an epoch's last step), one line too."""
     try:
         main()
+    except lsp_kd.NonFiniteError as e:  # found by a structure metric, after a diverged step
+        sys.exit(f"error: training diverged: {str(e).split(':')[0]}; no results were written. "
+                 "Try a smaller --lr "
+                 "or distillation weight (e.g. --lsp-weight)")
     except KeyboardInterrupt:
         msg = f"interrupted: {INTERRUPTED['hint']}"
         if INTERRUPTED["log"] is not None:
             INTERRUPTED["log"](msg, to_screen=False)
         print("\n" + msg, file=sys.stderr)
         sys.exit(130)
+
+
+def check_weights(epoch, model):
+    """check_finite for a model's weights at the end of an epoch: an epoch's last step can
+    make them NaN after its loss was checked, and such a teacher must not be saved."""
+    check_finite(epoch, weights=torch.cat([p.detach().flatten().float()
+                                           for p in model.parameters()]))
 
 
 def check_finite(epoch, **values):
@@ -203,6 +216,11 @@ def require(parser, args, *rules):
             parser.error(f"--{dest.replace('_', '-')} must be {must}, got {value}")
 
 
+def seed_rules(*dests):
+    """require() rules for seeds: numpy takes 0 <= seed < 2^32."""
+    return [(dest, lambda v: 0 <= v < 2 ** 32, "in [0, 2^32)") for dest in dests]
+
+
 def save_results(args, run_dir, res, cost, student, fit):
     """Write into run_dir, atomically: student.pt {model, args, epoch, best_val} (fit:
     train()'s dict), cost.json (cost: the run's times and memory, which vary from run to
@@ -241,14 +259,40 @@ def mean_std(values):
             else f"{v.mean():.2e} ± {v.std():.1e}")
 
 
+# What may differ between the runs that one row of --summarize averages: the seed, and where
+# the outputs went.
+NOT_IN_SETTING = ("seed", "out_dir", "summarize", "save_epochs")
+
+
+def setting(args):
+    """The digest of a run's arguments but its seed: runs with equal settings are seeds of one
+    row of the summary; a --dry-run, another --lr or other data make another row."""
+    return digest({k: v for k, v in args.items() if k not in NOT_IN_SETTING})
+
+
+def name_setting(method, runs, groups):
+    """The row's name: the method, and when the method has rows of other settings, the
+    arguments in which this row's differ from the first of those rows."""
+    others = [g[0]["args"] for (m, _), g in groups.items() if m == method and g is not runs]
+    if not others:
+        return method
+    mine = runs[0]["args"]
+    differ = sorted(k for k in set(mine) | set(others[0])
+                    if k not in NOT_IN_SETTING and mine.get(k) != others[0].get(k))
+    return f"{method} ({', '.join(f'{k}={mine.get(k)}' for k in differ[:3])})"
+
+
 def summarize(out_dir, experiment, keys):
     """Mean ± std over seeds of the results.json of every run folder under out_dir, one row
-    per method; then, per method, the structure metrics after the epochs of STRUCTURE_EPOCHS.
-    Exits with one line when there are none, or when they are another experiment's."""
+    per method and setting (setting: runs that differ in more than their seed are not
+    averaged together); then, per row, the structure metrics after the epochs of
+    STRUCTURE_EPOCHS. Exits with one line when there are none, or when they are another
+    experiment's."""
     if not os.path.isdir(out_dir):
         sys.exit(f"error: --summarize {out_dir}: no such folder")
     runs_of = {}
-    for path in sorted(glob.glob(os.path.join(out_dir, "**", "results.json"), recursive=True)):
+    pattern = os.path.join(glob.escape(out_dir), "**", "results.json")
+    for path in sorted(glob.glob(pattern, recursive=True)):
         try:
             with open(path) as f:
                 r = json.load(f)
@@ -257,15 +301,17 @@ def summarize(out_dir, experiment, keys):
         if r.get("experiment") != experiment:
             sys.exit(f"error: {path} holds results of {r.get('experiment', 'an older version')}"
                      f", not of the {experiment} experiment; summarize it with its own script")
-        runs_of.setdefault(r["method"], []).append(r)
+        runs_of.setdefault((r["method"], setting(r["args"])), []).append(r)
     if not runs_of:
         sys.exit(f"error: --summarize {out_dir}: no results.json in it or its folders (a run "
                  "writes one only when it completes)")
+    runs_of = {name_setting(method, runs, runs_of): runs for (method, _), runs in runs_of.items()}
     keys = keys + ["ls_kl", "ls_kl_auto", "rank_corr"]
     print(f"{'method':<28} {'seeds':>5} " + " ".join(f"{k:>17}" for k in keys))
     for method, runs in runs_of.items():
         print(f"{method:<28} {len(runs):>5} "
-              + " ".join(f"{mean_std([r[k] for r in runs]):>17}" for k in keys))
+              + " ".join(f"{mean_std([r[k] for r in runs]):>17}" for k in keys)
+              + f"   seeds {sorted(r['seed'] for r in runs)}")
     per_epoch = [keys[0], "ls_kl", "ls_kl_auto", "rank_corr"]  # the test score, structure
     for method, runs in runs_of.items():
         print(f"\n{method}: on the test data after epoch ({len(runs)} seeds)")
@@ -311,8 +357,10 @@ def read_checkpoint(path, teacher, config):
             for k, v in config.items() if ckpt["config"].get(k) != v]
     if diff:
         sys.exit(f"error: the teacher checkpoint {path} was trained otherwise than this run "
-                 f"would train it ({'; '.join(diff)}); pass the teacher flags it was trained "
-                 "with, another --teacher-ckpt, or delete it to train the teacher again")
+                 f"would train it ({'; '.join(diff)}); the teacher is trained with the run's "
+                 "data, --teacher-epochs, --teacher-seed and optimiser flags (--lr, "
+                 "--batch-size, ...): pass the values it was trained with, another "
+                 "--teacher-ckpt, or delete it to train the teacher again")
     return ckpt
 
 
@@ -364,6 +412,8 @@ def load_or_train_teacher(teacher, args, config, name, train_teacher, describe, 
     is saved atomically. Logs where the teacher comes from."""
     path = args.teacher_ckpt or (os.path.join(run_dir, "teacher.pt") if args.dry_run else
                                  os.path.join("checkpoints", f"{name}_{digest(config)}.pt"))
+    if os.path.isdir(path):
+        sys.exit(f"error: --teacher-ckpt {path} is a folder; give a file name")
     if os.path.exists(path):
         ckpt = read_checkpoint(path, teacher, config)
         teacher.load_state_dict(ckpt["model"])
@@ -380,6 +430,9 @@ def load_or_train_teacher(teacher, args, config, name, train_teacher, describe, 
         else:
             log(f"resuming the teacher's training after epoch {resume['epoch'] + 1} of "
                 f"{config['epochs']} from {resume_path}")
+            INTERRUPTED["hint"] = (f"the teacher's training is saved after epoch "
+                                   f"{resume['epoch'] + 1} of {config['epochs']} in "
+                                   f"{resume_path}; rerun the same command to resume it")
 
         def save_progress(state):
             atomic_save({**state, "arch": arch_of(teacher), "config": config}, resume_path)

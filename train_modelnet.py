@@ -29,10 +29,11 @@ from experiment import (TEST_BATCH, Meter, add_distill_args, check_distill_flags
                         structure_results, teacher_output, teacher_sigma, teacher_structure,
                         total_loss)
 from models import STUDENT_VARIANTS, dgcnn_student, dgcnn_teacher, num_params
-from runs import (SAVE_EVERY, add_run_args, add_teacher_args, check_finite, given_flags,
-                  int_list, load_or_train_teacher, main_guard, open_run, parser_for,
-                  pick_device, require, restore_training_state, save_results, save_snapshot,
-                  set_seed, summarize, teacher_provenance, training_state)
+from runs import (SAVE_EVERY, add_run_args, add_teacher_args, check_finite, check_weights,
+                  given_flags, int_list, load_or_train_teacher, main_guard, open_run,
+                  parser_for, pick_device, require, restore_training_state, save_results,
+                  save_snapshot, seed_rules, set_seed, summarize, teacher_provenance,
+                  training_state)
 
 PROBE_BATCHES = 4  # training batches on which the teacher's structure is measured (and its σ)
 
@@ -163,6 +164,7 @@ def train(model, ds, args, device, log, epochs, seed, teacher=None, sigma_t=None
                             sigma_t, hkd_maps)
         sched.step()
         meter.stop()
+        check_weights(epoch, model)
         log_epoch(log, epoch, means, f"lr {lr:.4f}", t0, structure, record, snapshot)
         if save_progress is not None and (epoch + 1) % SAVE_EVERY == 0 and epoch + 1 < epochs:
             save_progress(training_state(epoch, model, opt, gen, sched))
@@ -220,6 +222,8 @@ def get_args(argv=None):
     args, given = p.parse_args(argv), given_flags(p, argv)
     # checked now, not after the teacher has trained: BatchNorm in training needs 2 clouds a
     # batch; the teacher's kNN graph needs more than k points a cloud
+    require(p, args, *[(dest, lambda v: v is None or min(v) >= 1, "widths >= 1")
+                       for dest in ("channels_s", "mlp_s")])
     teacher, student = dgcnn_teacher(), dgcnn_student(args.variant, args.channels_s, args.mlp_s)
     require(p, args, ("epochs", lambda v: v >= 1, ">= 1"),
             ("teacher_epochs", lambda v: v >= 1, ">= 1"),
@@ -228,9 +232,9 @@ def get_args(argv=None):
             ("weight_decay", lambda v: v >= 0, ">= 0"),
             ("smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
             ("num_points", lambda v: v > teacher.k, f"> {teacher.k} (the teacher's k)"),
-            ("k_s", lambda v: 0 < v < args.num_points, f"in [1, --num-points = {args.num_points})"),
             ("train_per_class", lambda v: v >= 1, ">= 1"),
-            ("test_per_class", lambda v: v >= 1, ">= 1"))
+            ("test_per_class", lambda v: v >= 1, ">= 1"),
+            *seed_rules("seed", "teacher_seed", "data_seed"))
     if args.hkd:  # HKD's instances are the clouds of a batch: k neighbours each, and itself
         require(p, args, ("batch_size", lambda v: v >= args.hkd_k + 1,
                           f">= --hkd-k + 1 = {args.hkd_k + 1} with --hkd (its kNN graph of the "
@@ -244,6 +248,10 @@ def get_args(argv=None):
             args.train_per_class, args.test_per_class = 1, 1
             args.num_points = min(args.num_points, 128)
     check_distill_flags(p, args, given)
+    require(p, args, ("k_s", lambda v: 0 < v < args.num_points,
+                      f"in [1, --num-points = {args.num_points})"),
+            ("save_epochs", lambda v: all(1 <= e <= args.epochs for e in v),
+             f"epochs in [1, --epochs = {args.epochs}]"))
     for name, convs in (("teacher", len(teacher.convs)), ("student", len(student.convs))):
         require(p, args, ("lsp_layer", lambda v: -convs <= v < convs,
                           f"an EdgeConv layer of the {name}, in [-{convs}, {convs - 1}]"))
@@ -270,6 +278,9 @@ def load_data(args):
             ds = data.load_modelnet40(args.data_dir, url=args.url)
         except data.DataError as e:
             sys.exit(f"error: {e}")
+    if len(ds["train_labels"]) < args.batch_size:  # an epoch drops an incomplete batch
+        sys.exit(f"error: --batch-size {args.batch_size} is more than the "
+                 f"{len(ds['train_labels'])} training clouds: an epoch would have no batch")
     available = ds["train_points"].shape[1]
     if args.num_points > available:
         sys.exit(f"error: --num-points {args.num_points} is more than the {available} points "
@@ -289,6 +300,8 @@ def get_teacher(args, ds, device, run_dir, log):
               "seed": args.teacher_seed, "lr": args.lr, "lr_min": args.lr_min,
               "weight_decay": args.weight_decay, "smoothing": args.smoothing,
               "batch_size": args.batch_size, "dry_run": args.dry_run}
+    if args.data != "synthetic":  # the whole release, or the subset it was trained on
+        config["files"] = ds["files"]
     return teacher, load_or_train_teacher(
         teacher, args, config, f"modelnet_teacher_{data_name(args)}",
         lambda resume, save_progress: train(

@@ -32,10 +32,10 @@ from experiment import (Meter, TeacherOutput, add_distill_args, add_multilabel_a
                         paper_row, stack_outputs, structure_metrics, structure_results,
                         teacher_sigma, teacher_structure, total_loss)
 from models import gat_student, gat_teacher, num_params
-from runs import (SAVE_EVERY, add_run_args, add_teacher_args, check_finite, given_flags,
-                  load_or_train_teacher, main_guard, open_run, parser_for, pick_device,
-                  require, restore_training_state, save_results, save_snapshot, set_seed,
-                  summarize, teacher_provenance, training_state)
+from runs import (SAVE_EVERY, add_run_args, add_teacher_args, check_finite, check_weights,
+                  given_flags, load_or_train_teacher, main_guard, open_run, parser_for,
+                  pick_device, require, restore_training_state, save_results, save_snapshot,
+                  seed_rules, set_seed, summarize, teacher_provenance, training_state)
 
 # NOTE: the paper's LSP is Eq. (3)-(7) with RBF, λ = 100, in every epoch; the official code
 # differs in all of these. Here the paper is the default, and --official sets the official
@@ -165,6 +165,7 @@ def train(model, ds, args, device, log, epochs, seed, outs_t=None, structure=Non
         t0 = time.time()
         means = train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t, regressor,
                             hkd_maps)
+        check_weights(epoch, model)
         # NOTE: the paper does not say which epoch it reports (the official code keeps its
         # teacher's last); here each model's best-validation epoch, because then no test
         # number picks a checkpoint.
@@ -240,7 +241,8 @@ def get_args(argv=None):
             ("batch_size", lambda v: v >= 1, ">= 1 (graphs per batch)"),
             ("lr", lambda v: v > 0, "> 0"), ("weight_decay", lambda v: v >= 0, ">= 0"),
             ("scale", lambda v: 0 < v <= 1, "in (0, 1]"),
-            ("lsp_epochs", lambda v: v is None or v >= 1, ">= 1"))
+            ("lsp_epochs", lambda v: v is None or v >= 1, ">= 1"),
+            *seed_rules("seed", "teacher_seed", "data_seed"))
     for flag, model in (("lsp_layer_s", gat_student()), ("lsp_layer_t", gat_teacher())):
         hidden = len(model.layers) - 1  # checked now, not after the teacher has trained
         require(p, args, (flag, lambda v: -hidden <= v < hidden,
@@ -251,6 +253,8 @@ def get_args(argv=None):
             args.data = "synthetic"
         if args.data == "synthetic":
             args.scale = min(args.scale, 0.03)
+    require(p, args, ("save_epochs", lambda v: all(1 <= e <= args.epochs for e in v),
+                      f"epochs in [1, --epochs = {args.epochs}]"))
     return args
 
 

@@ -66,7 +66,8 @@ def find_runs(paths):
     for path in paths:
         if not os.path.isdir(path):
             fail(f"{path}: no such folder")
-        found = sorted(glob.glob(os.path.join(path, "**", "results.json"), recursive=True))
+        found = sorted(glob.glob(os.path.join(glob.escape(path), "**", "results.json"),
+                                 recursive=True))
         if not found:
             fail(f"{path}: no results.json in it or its folders (a run writes one only when "
                  "it completes)")
@@ -82,7 +83,8 @@ def find_runs(paths):
 def saved_epochs(run_dir):
     """The epochs after which --save-epochs saved the student (student_epoch001.pt, ...)."""
     return sorted(int(os.path.basename(p)[len("student_epoch"):-len(".pt")])
-                  for p in glob.glob(os.path.join(run_dir, "student_epoch[0-9]*.pt")))
+                  for p in glob.glob(os.path.join(glob.escape(run_dir),
+                                                  "student_epoch[0-9]*.pt")))
 
 
 def save_figure(fig, out_dir, name):

@@ -62,6 +62,17 @@ BAD_FLAGS = [  # (script, flags, what the error line says); both scripts where N
     ("train_modelnet.py", ["--num-points", "20"], "--num-points must be > 20"),
     ("train_modelnet.py", ["--lsp-layer", "-5"], "--lsp-layer must be an EdgeConv layer"),
     ("train_modelnet.py", ["--channels-s", "8,,8"], "integers separated by commas"),
+    ("train_modelnet.py", ["--channels-s", "0,0"], "--channels-s must be widths >= 1"),
+    ("train_modelnet.py", ["--k-s", "200"], "--k-s must be in [1, --num-points = 128)"),
+    (None, ["--seed", "-1"], "--seed must be in [0, 2^32)"),
+    (None, ["--teacher-seed", "-1"], "--teacher-seed must be in [0, 2^32)"),
+    (None, ["--lsp", "--lsp-weight", "nan"], "--lsp-weight must be >= 0"),
+    (None, ["--kd", "--kd-T", "0"], "--kd-T must be > 0"),
+    (None, ["--kd", "--kd-alpha", "2"], "--kd-alpha must be in [0, 1]"),
+    (None, ["--save-epochs", "2"], "--save-epochs must be epochs in [1, --epochs = 1]"),
+    (None, ["--teacher-ckpt", os.sep], "is a folder"),
+    # an epoch's last step that diverges: found at the end of the epoch, not a traceback
+    (None, ["--lr", "1e30"], "error: training diverged"),
     # diverged: a NaN or infinite loss stops the run instead of writing results of nonsense
     ("train_ppi.py", ["--lsp", "--kernel", "poly", "--degree", "9", "--lsp-weight", "1e38"],
      "training diverged in epoch 0: loss not finite"),
@@ -100,6 +111,17 @@ def test_a_corrupt_or_foreign_teacher_checkpoint(tmp_path, script):
     torch.save({"model": {}}, bad)  # a dict, but not one of ours
     p = run(script, "--dry-run", "--teacher-ckpt", str(bad), "--out-dir", str(tmp_path / "o"))
     assert_one_error_line(p, "is not a teacher checkpoint of this version")
+
+
+def test_summarize_averages_only_runs_that_differ_in_their_seed(tmp_path):
+    for flags in ([], ["--seed", "1"], ["--lr", "0.05"]):
+        p = run("train_ppi.py", "--dry-run", "--out-dir", str(tmp_path), *flags)
+        assert p.returncode == 0, p.stderr
+    p = run("train_ppi.py", "--summarize", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    rows = [line for line in p.stdout.splitlines() if "   seeds [" in line]
+    assert len(rows) == 2, p.stdout
+    assert any("seeds [0, 1]" in r for r in rows) and any("lr=0.05" in r for r in rows)
 
 
 def test_summarize_errors(tmp_path):
@@ -213,7 +235,7 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes_exactly(tmp_path):
     command is rerun, and ends bit for bit as a teacher trained without a stop; so does the
     whole run's results.json."""
     cmd = [sys.executable, os.path.join(ROOT, "train_ppi.py"), *PPI_SMALL,
-           "--teacher-epochs", "8"]
+           "--teacher-epochs", "12"]
     (tmp_path / "a").mkdir()
     proc = subprocess.Popen(cmd, cwd=tmp_path / "a", stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -231,6 +253,7 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes_exactly(tmp_path):
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming the teacher's training after epoch" in resumed.stdout
+    assert "teacher epoch 000" not in resumed.stdout  # on from its checkpoint, not from 0
     assert not resume.exists()
     (tmp_path / "b").mkdir()
     straight = subprocess.run(cmd, cwd=tmp_path / "b", capture_output=True, text=True,
