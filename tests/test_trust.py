@@ -237,8 +237,11 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes_exactly(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "train_ppi.py"), *PPI_SMALL,
            "--teacher-epochs", "12"]
     (tmp_path / "a").mkdir()
+    # a shell without job control starts background jobs with SIGINT ignored, and Python
+    # then keeps ignoring it: the child gets the default disposition back, as in a terminal
     proc = subprocess.Popen(cmd, cwd=tmp_path / "a", stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:
         if "teacher epoch 005" in line:  # its checkpoint after epoch 5 is written
             proc.send_signal(signal.SIGINT)
