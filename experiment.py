@@ -139,22 +139,25 @@ def add_multilabel_args(p):
                    help="weight of the label-correlation term")
 
 
-def check_distill_flags(parser, args, given):
-    """Refuse a negative λ or weight, HKD settings out of their range, and kernel
-    hyper-parameters that args.kernel would ignore (given: given_flags)."""
-    for dest, ok, must in (("lsp_weight", lambda v: v >= 0, ">= 0"),  # v >= 0 refuses nan
-                           ("at_weight", lambda v: v >= 0, ">= 0"),
-                           ("fitnet_weight", lambda v: v >= 0, ">= 0"),
-                           ("kd_alpha", lambda v: 0 <= v <= 1, "in [0, 1]"),
-                           ("kd_T", lambda v: v > 0, "> 0"),
-                           ("degree", lambda v: v >= 1, ">= 1"),("hkd_weight", lambda v: v >= 0, ">= 0"),
-                           ("hkd_k", lambda v: v >= 1, ">= 1"),
-                           ("hkd_layers", lambda v: v >= 0, ">= 0"),
-                           ("hkd_tau", lambda v: v > 0, "> 0"),   # also refuses nan
-                           ("hkd_dim", lambda v: v >= 1, ">= 1"),
-                           ("kd_corr_weight", lambda v: v >= 0, ">= 0")):  # PPI's flag
+def require(parser, args, *rules):
+    """Refuse flag values outside their range: rules (flag, ok(value) -> bool, "what it must
+    be"), e.g. ("epochs", lambda v: v >= 1, ">= 1"); one line naming the flag. A rule whose
+    flag the script lacks (--kd-corr outside PPI) is skipped."""
+    for dest, ok, must in rules:
         if hasattr(args, dest) and not ok(getattr(args, dest)):
             parser.error(f"--{dest.replace('_', '-')} must be {must}, got {getattr(args, dest)}")
+
+
+def check_distill_flags(parser, args, given):
+    """Refuse a negative λ or weight, HKD settings out of their range, and kernel
+    hyper-parameters that args.kernel would ignore (given: given_flags). Written v >= 0
+    rather than not v < 0, so that nan is refused too."""
+    require(parser, args, *[(dest, lambda v: v >= 0, ">= 0") for dest in (
+                "lsp_weight", "at_weight", "fitnet_weight", "hkd_weight", "kd_corr_weight")],
+            ("kd_alpha", lambda v: 0 <= v <= 1, "in [0, 1]"), ("kd_T", lambda v: v > 0, "> 0"),
+            ("degree", lambda v: v >= 1, ">= 1"), ("hkd_k", lambda v: v >= 1, ">= 1"),
+            ("hkd_layers", lambda v: v >= 0, ">= 0"), ("hkd_tau", lambda v: v > 0, "> 0"),
+            ("hkd_dim", lambda v: v >= 1, ">= 1"))
     owner = {"sigma": "rbf", "degree": "poly", "c": "poly"}
     unused = [f"--{k}" for k, kernel in owner.items() if k in given and args.kernel != kernel]
     if unused:

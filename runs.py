@@ -207,18 +207,13 @@ def add_run_args(p, out_dir, dry_run):
                    help="print mean ± std over seeds of the results in DIR, then exit")
 
 
-def require(parser, args, *rules):
-    """Refuse flag values outside their range: rules (flag, ok(value) -> bool, "what it must
-    be"), e.g. ("epochs", lambda v: v >= 1, ">= 1"); one line naming the flag."""
-    for dest, ok, must in rules:
-        value = getattr(args, dest)
-        if not ok(value):
-            parser.error(f"--{dest.replace('_', '-')} must be {must}, got {value}")
-
-
-def seed_rules(*dests):
-    """require() rules for seeds: numpy takes 0 <= seed < 2^32."""
-    return [(dest, lambda v: 0 <= v < 2 ** 32, "in [0, 2^32)") for dest in dests]
+def run_rules():
+    """require() rules that both scripts share: epochs, learning rate, weight decay, seeds
+    (numpy takes 0 <= seed < 2^32)."""
+    return [("epochs", lambda v: v >= 1, ">= 1"), ("teacher_epochs", lambda v: v >= 1, ">= 1"),
+            ("lr", lambda v: v > 0, "> 0"), ("weight_decay", lambda v: v >= 0, ">= 0"),
+            *[(dest, lambda v: 0 <= v < 2 ** 32, "in [0, 2^32)")
+              for dest in ("seed", "teacher_seed", "data_seed")]]
 
 
 def save_results(args, run_dir, res, cost, student, fit):

@@ -25,15 +25,14 @@ import data
 import lsp_kd
 from experiment import (TEST_BATCH, Meter, add_distill_args, check_distill_flags, cost_of,
                         distill_terms, distilling, epoch_means, log_epoch, log_structure,
-                        log_table, method_name, paper_row, structure_metrics,
+                        log_table, method_name, paper_row, require, structure_metrics,
                         structure_results, teacher_output, teacher_sigma, teacher_structure,
                         total_loss)
 from models import STUDENT_VARIANTS, dgcnn_student, dgcnn_teacher, num_params
 from runs import (SAVE_EVERY, add_run_args, add_teacher_args, check_finite, check_weights,
                   given_flags, int_list, load_or_train_teacher, main_guard, open_run,
-                  parser_for, pick_device, require, restore_training_state, save_results,
-                  save_snapshot, seed_rules, set_seed, summarize, teacher_provenance,
-                  training_state)
+                  parser_for, pick_device, restore_training_state, run_rules, save_results,
+                  save_snapshot, set_seed, summarize, teacher_provenance, training_state)
 
 PROBE_BATCHES = 4  # training batches on which the teacher's structure is measured (and its σ)
 
@@ -225,16 +224,13 @@ def get_args(argv=None):
     require(p, args, *[(dest, lambda v: v is None or min(v) >= 1, "widths >= 1")
                        for dest in ("channels_s", "mlp_s")])
     teacher, student = dgcnn_teacher(), dgcnn_student(args.variant, args.channels_s, args.mlp_s)
-    require(p, args, ("epochs", lambda v: v >= 1, ">= 1"),
-            ("teacher_epochs", lambda v: v >= 1, ">= 1"),
+    require(p, args, *run_rules(),
             ("batch_size", lambda v: v >= 2, ">= 2 (BatchNorm needs 2 clouds a batch)"),
-            ("lr", lambda v: v > 0, "> 0"), ("lr_min", lambda v: 0 <= v <= args.lr, "in [0, --lr]"),
-            ("weight_decay", lambda v: v >= 0, ">= 0"),
+            ("lr_min", lambda v: 0 <= v <= args.lr, "in [0, --lr]"),
             ("smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
             ("num_points", lambda v: v > teacher.k, f"> {teacher.k} (the teacher's k)"),
             ("train_per_class", lambda v: v >= 1, ">= 1"),
-            ("test_per_class", lambda v: v >= 1, ">= 1"),
-            *seed_rules("seed", "teacher_seed", "data_seed"))
+            ("test_per_class", lambda v: v >= 1, ">= 1"))
     if args.hkd:  # HKD's instances are the clouds of a batch: k neighbours each, and itself
         require(p, args, ("batch_size", lambda v: v >= args.hkd_k + 1,
                           f">= --hkd-k + 1 = {args.hkd_k + 1} with --hkd (its kNN graph of the "

@@ -29,13 +29,13 @@ import lsp_kd
 from experiment import (Meter, TeacherOutput, add_distill_args, add_multilabel_args,
                         check_distill_flags, cost_of, distill_terms, distilling, epoch_means,
                         kernel_kwargs, log_epoch, log_structure, log_table, method_name,
-                        paper_row, stack_outputs, structure_metrics, structure_results,
-                        teacher_sigma, teacher_structure, total_loss)
+                        paper_row, require, stack_outputs, structure_metrics,
+                        structure_results, teacher_sigma, teacher_structure, total_loss)
 from models import gat_student, gat_teacher, num_params
 from runs import (SAVE_EVERY, add_run_args, add_teacher_args, check_finite, check_weights,
                   given_flags, load_or_train_teacher, main_guard, open_run, parser_for,
-                  pick_device, require, restore_training_state, save_results, save_snapshot,
-                  seed_rules, set_seed, summarize, teacher_provenance, training_state)
+                  pick_device, restore_training_state, run_rules, save_results, save_snapshot,
+                  set_seed, summarize, teacher_provenance, training_state)
 
 # NOTE: the paper's LSP is Eq. (3)-(7) with RBF, λ = 100, in every epoch; the official code
 # differs in all of these. Here the paper is the default, and --official sets the official
@@ -236,13 +236,10 @@ def get_args(argv=None):
         args.lsp = True
         vars(args).update(OFFICIAL)
     check_distill_flags(p, args, given)
-    require(p, args, ("epochs", lambda v: v >= 1, ">= 1"),
-            ("teacher_epochs", lambda v: v >= 1, ">= 1"),
+    require(p, args, *run_rules(),
             ("batch_size", lambda v: v >= 1, ">= 1 (graphs per batch)"),
-            ("lr", lambda v: v > 0, "> 0"), ("weight_decay", lambda v: v >= 0, ">= 0"),
             ("scale", lambda v: 0 < v <= 1, "in (0, 1]"),
-            ("lsp_epochs", lambda v: v is None or v >= 1, ">= 1"),
-            *seed_rules("seed", "teacher_seed", "data_seed"))
+            ("lsp_epochs", lambda v: v is None or v >= 1, ">= 1"))
     for flag, model in (("lsp_layer_s", gat_student()), ("lsp_layer_t", gat_teacher())):
         hidden = len(model.layers) - 1  # checked now, not after the teacher has trained
         require(p, args, (flag, lambda v: -hidden <= v < hidden,
