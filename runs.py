@@ -53,15 +53,23 @@ def pick_device(name):
 
 
 def atomic_save(obj, path, as_json=False):
-    """Write to a temp file beside `path`, then rename: never a half-written file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Write to a temp file beside `path`, then rename: never a half-written file. A write
+    that fails (a full disk, a folder in the way) removes the temp file and ends the run with
+    one line."""
     tmp = f"{path}.tmp{os.getpid()}"
-    if as_json:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-    else:
-        torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if as_json:
+            with open(tmp, "w") as f:
+                json.dump(obj, f, indent=2)
+        else:
+            torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+        sys.exit(f"error: cannot write {path}: {reason}")
 
 
 def check_writable(folder, what):
@@ -82,6 +90,8 @@ def digest(obj):
 
 # What to print on Ctrl-C, kept up to date by the run (see main_guard); the log to write it to.
 INTERRUPTED = {"hint": "nothing of the run was saved", "log": None}
+# The open log.txt of this process's run, which holds its folder's lock (open_run).
+RUN_LOG = {"file": None}
 
 
 def main_guard(main):
@@ -112,9 +122,10 @@ def check_weights(epoch, model):
 def check_finite(epoch, **values):
     """Stop the run with one line when a step's tensors (features, logits, loss, its terms)
     hold NaN or inf: the weights have diverged, nothing after would mean anything, and no
-    results are written. Costs one sync per tensor on a GPU, like the step's .item()s."""
-    bad = [k for k, v in values.items() if not torch.isfinite(v).all()]
-    if bad:
+    results are written. Costs one sync on a GPU, like the step's .item()s."""
+    finite = torch.stack([torch.isfinite(v).all() for v in values.values()])  # one sync
+    if not finite.all():
+        bad = [k for k, ok in zip(values, finite.tolist()) if not ok]
         shown = ", ".join(f"{k} {v.item():.4g}" for k, v in values.items() if v.dim() == 0)
         sys.exit(f"error: training diverged in epoch {epoch}: {' and '.join(bad)} not finite"
                  + (f" ({shown})" if shown else "") + "; no results were written. Try a "
@@ -139,10 +150,12 @@ def open_run(args, data_name, experiment):
     run_dir = os.path.join(args.out_dir, f"{data_name}_{method_name(args)}_seed{args.seed}_"
                                          f"{digest({'experiment': experiment, **key})}")
     check_writable(run_dir, "the run's outputs")
+    if RUN_LOG["file"] is not None:  # main() called again in this process (a notebook):
+        RUN_LOG["file"].close()      # the earlier run is over, and its lock released
     path = os.path.join(run_dir, "log.txt")
-    log_file = open(path, "a")
+    log_file = RUN_LOG["file"] = open(path, "a")
     if fcntl is not None:
-        try:  # held until the process exits, however it exits
+        try:  # held until the process exits, however it exits, or opens another run
             fcntl.flock(log_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             sys.exit(f"error: another run of the same command is writing to {run_dir}; "
@@ -208,10 +221,11 @@ def add_run_args(p, out_dir, dry_run):
 
 
 def run_rules():
-    """require() rules that both scripts share: epochs, learning rate, weight decay, seeds
-    (numpy takes 0 <= seed < 2^32)."""
-    return [("epochs", lambda v: v >= 1, ">= 1"), ("teacher_epochs", lambda v: v >= 1, ">= 1"),
-            ("lr", lambda v: v > 0, "> 0"), ("weight_decay", lambda v: v >= 0, ">= 0"),
+    """require() rules that both scripts share: epochs, learning rate, weight decay (the
+    student's and the teacher's), seeds (numpy takes 0 <= seed < 2^32)."""
+    return [*[(dest, lambda v: v >= 1, ">= 1") for dest in ("epochs", "teacher_epochs")],
+            *[(dest, lambda v: v > 0, "> 0") for dest in ("lr", "teacher_lr")],
+            *[(dest, lambda v: v >= 0, ">= 0") for dest in ("weight_decay", "teacher_weight_decay")],
             *[(dest, lambda v: 0 <= v < 2 ** 32, "in [0, 2^32)")
               for dest in ("seed", "teacher_seed", "data_seed")]]
 
@@ -329,6 +343,15 @@ def arch_of(model):
     return {k: list(v.shape) for k, v in model.state_dict().items()}
 
 
+def flag_of(key):
+    """The command-line flag that sets a teacher config's key: "lr" -> "--teacher-lr"."""
+    if key in TEACHER_OWN:
+        return "--teacher-" + key.replace("_", "-")
+    return {"data": "the data", "files": "the data files", "model": "the architecture",
+            "experiment": "the experiment"}.get(
+        key, "--" + key.replace("_", "-"))
+
+
 def read_checkpoint(path, teacher, config):
     """A teacher checkpoint {model, arch, config, ...} (or a resumable one) at path, checked
     against `teacher`'s architecture and the config this run would train it with; exits with
@@ -348,14 +371,12 @@ def read_checkpoint(path, teacher, config):
         sys.exit(f"error: the teacher checkpoint {path} holds another architecture than "
                  f"this script's teacher (first differences: {diff}); pass another "
                  "--teacher-ckpt or delete the file to train a new teacher")
-    diff = [f"{k} {ckpt['config'].get(k)!r} there, {v!r} here"
+    diff = [f"{flag_of(k)} {ckpt['config'].get(k)!r} there, {v!r} here"
             for k, v in config.items() if ckpt["config"].get(k) != v]
     if diff:
         sys.exit(f"error: the teacher checkpoint {path} was trained otherwise than this run "
-                 f"would train it ({'; '.join(diff)}); the teacher is trained with the run's "
-                 "data, --teacher-epochs, --teacher-seed and optimiser flags (--lr, "
-                 "--batch-size, ...): pass the values it was trained with, another "
-                 "--teacher-ckpt, or delete it to train the teacher again")
+                 f"would train it ({'; '.join(diff)}): pass the values it was trained with, "
+                 "another --teacher-ckpt, or delete it to train the teacher again")
     return ckpt
 
 
@@ -368,6 +389,28 @@ def add_teacher_args(p, name, epochs, seed):
     p.add_argument("--teacher-epochs", type=int, default=epochs, help="epochs of the teacher")
     p.add_argument("--teacher-seed", type=int, default=seed,
                    help="seed of the teacher's initialisation and batch order")
+
+
+def add_optimiser_args(p, flags):
+    """The optimiser's flags, each twice with the same default: --lr, ... for the student and
+    --teacher-lr, ... for the teacher. The teacher's are its own, so that a sweep over the
+    student's --lr trains one teacher, not one per value. flags: (flag, type, default, help)."""
+    for flag, kind, default, text in flags:
+        p.add_argument(flag, type=kind, default=default, help=text)
+    for flag, kind, default, text in flags:
+        p.add_argument("--teacher-" + flag[2:], type=kind, default=default,
+                       help=f"the teacher's {flag}")
+
+
+# The settings the teacher has a flag of its own for: --teacher-epochs, --teacher-lr, ...
+TEACHER_OWN = ("epochs", "seed", "lr", "weight_decay", "batch_size", "lr_min", "smoothing")
+
+
+def as_teacher(args):
+    """args as the teacher trains with them: its own --teacher-epochs, --teacher-lr, ... in
+    place of the student's --epochs, --lr, ...; the rest (data, dry run) is the run's."""
+    own = {k: getattr(args, "teacher_" + k) for k in TEACHER_OWN if hasattr(args, "teacher_" + k)}
+    return argparse.Namespace(**{**vars(args), **own})
 
 
 def training_state(epoch, model, opt, gen, sched=None, **extra):
@@ -401,53 +444,82 @@ def load_or_train_teacher(teacher, args, config, name, train_teacher, describe, 
     (data and its options, architecture, epochs, optimiser, seed). Its file is --teacher-ckpt,
     else checkpoints/<name>_<digest of config>.pt (a dry run's: in run_dir), so a teacher is
     reused only by runs that would train the same one; a --teacher-ckpt trained otherwise
-    stops the run (read_checkpoint). When missing, train_teacher(resume, save_progress) ->
-    {epoch, best_val, ...} trains it, saving a resumable <file>.resume every SAVE_EVERY epochs
-    and resuming from one left by an interrupted run; then {model, arch, config, args, ...}
-    is saved atomically. Logs where the teacher comes from."""
+    stops the run (read_checkpoint). When missing, it is trained (train_and_save), under a
+    lock that makes other runs needing the same teacher wait for it. Logs where the teacher
+    comes from."""
     path = args.teacher_ckpt or (os.path.join(run_dir, "teacher.pt") if args.dry_run else
                                  os.path.join("checkpoints", f"{name}_{digest(config)}.pt"))
     if os.path.isdir(path):
         sys.exit(f"error: --teacher-ckpt {path} is a folder; give a file name")
-    if os.path.exists(path):
+    ckpt, how = None, "loaded from"
+    if not os.path.exists(path):
+        check_writable(os.path.dirname(os.path.abspath(path)), "the teacher's checkpoint")
+        with teacher_lock(path, log):
+            if not os.path.exists(path):  # no other run has trained it while this one waited
+                ckpt = train_and_save(teacher, args, config, path, train_teacher, log)
+                how = "trained and saved to"
+    if ckpt is None:
         ckpt = read_checkpoint(path, teacher, config)
         teacher.load_state_dict(ckpt["model"])
-        how = "loaded from"
-    else:
-        check_writable(os.path.dirname(os.path.abspath(path)), "the teacher's checkpoint")
-        resume_path = path + ".resume"
-        resume = read_checkpoint(resume_path, teacher, config) if os.path.exists(
-            resume_path) else None
-        if resume is None:
-            log(f"no teacher at {path}: training it ({config['epochs']} epochs)")
-            INTERRUPTED["hint"] = (f"the teacher had not reached its first checkpoint (every "
-                                   f"{SAVE_EVERY} epochs): nothing was saved")
-        else:
-            log(f"resuming the teacher's training after epoch {resume['epoch'] + 1} of "
-                f"{config['epochs']} from {resume_path}")
-            INTERRUPTED["hint"] = (f"the teacher's training is saved after epoch "
-                                   f"{resume['epoch'] + 1} of {config['epochs']} in "
-                                   f"{resume_path}; rerun the same command to resume it")
-
-        def save_progress(state):
-            atomic_save({**state, "arch": arch_of(teacher), "config": config}, resume_path)
-            INTERRUPTED["hint"] = (f"the teacher's training is saved after epoch "
-                                   f"{state['epoch'] + 1} of {config['epochs']} in "
-                                   f"{resume_path}; rerun the same command to resume it")
-
-        fit = train_teacher(resume, save_progress)
-        ckpt = {"model": teacher.state_dict(), "arch": arch_of(teacher), "config": config,
-                "args": vars(args), **fit}
-        atomic_save(ckpt, path)
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(resume_path)
-        how = "trained and saved to"
     INTERRUPTED["hint"] = (f"the teacher is saved in {path}; the student's training is not "
                            "resumable: rerun the same command to train it again")
     log(f"teacher {how} {path}: {config['epochs']} epochs, seed {config['seed']}, "
         f"{describe(ckpt)}")
     teacher.eval().requires_grad_(False)
     return {**ckpt, "path": path}
+
+
+@contextlib.contextmanager
+def teacher_lock(path, log):
+    """Hold <path>.lock while the teacher of `path` is trained: a run that needs the same
+    teacher meanwhile (another seed, another method) waits, then loads it, instead of training
+    it a second time beside it. The lock file is removed once the checkpoint exists."""
+    if fcntl is None:
+        yield
+        return
+    with open(path + ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log(f"another run is training the teacher {path}; waiting for it to finish")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+        if os.path.exists(path):  # a run that opens the lock after this finds the teacher
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path + ".lock")
+
+
+def train_and_save(teacher, args, config, path, train_teacher, log):
+    """Train the teacher: train_teacher(resume, save_progress) -> {epoch, best_val, ...},
+    which saves a resumable <path>.resume every SAVE_EVERY epochs and goes on from one that an
+    interrupted run left; then save {model, arch, config, args, ...} to path atomically."""
+    resume_path = path + ".resume"
+    resume = read_checkpoint(resume_path, teacher, config) if os.path.exists(
+        resume_path) else None
+    if resume is None:
+        log(f"no teacher at {path}: training it ({config['epochs']} epochs)")
+        INTERRUPTED["hint"] = (f"the teacher had not reached its first checkpoint (every "
+                               f"{SAVE_EVERY} epochs): nothing was saved")
+    else:
+        log(f"resuming the teacher's training after epoch {resume['epoch'] + 1} of "
+            f"{config['epochs']} from {resume_path}")
+        INTERRUPTED["hint"] = (f"the teacher's training is saved after epoch "
+                               f"{resume['epoch'] + 1} of {config['epochs']} in "
+                               f"{resume_path}; rerun the same command to resume it")
+
+    def save_progress(state):
+        atomic_save({**state, "arch": arch_of(teacher), "config": config}, resume_path)
+        INTERRUPTED["hint"] = (f"the teacher's training is saved after epoch "
+                               f"{state['epoch'] + 1} of {config['epochs']} in "
+                               f"{resume_path}; rerun the same command to resume it")
+
+    fit = train_teacher(resume, save_progress)
+    ckpt = {"model": teacher.state_dict(), "arch": arch_of(teacher), "config": config,
+            "args": vars(args), **fit}
+    atomic_save(ckpt, path)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(resume_path)
+    return ckpt
 
 
 def teacher_provenance(ckpt):

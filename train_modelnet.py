@@ -29,10 +29,11 @@ from experiment import (TEST_BATCH, Meter, add_distill_args, check_distill_flags
                         structure_results, teacher_output, teacher_sigma, teacher_structure,
                         total_loss)
 from models import STUDENT_VARIANTS, dgcnn_student, dgcnn_teacher, num_params
-from runs import (SAVE_EVERY, add_run_args, add_teacher_args, check_finite, check_weights,
-                  given_flags, int_list, load_or_train_teacher, main_guard, open_run,
-                  parser_for, pick_device, restore_training_state, run_rules, save_results,
-                  save_snapshot, set_seed, summarize, teacher_provenance, training_state)
+from runs import (SAVE_EVERY, add_optimiser_args, add_run_args, add_teacher_args, as_teacher,
+                  check_finite, check_weights, given_flags, int_list, load_or_train_teacher,
+                  main_guard, open_run, parser_for, pick_device, restore_training_state,
+                  run_rules, save_results, save_snapshot, set_seed, summarize,
+                  teacher_provenance, training_state)
 
 PROBE_BATCHES = 4  # training batches on which the teacher's structure is measured (and its σ)
 
@@ -205,11 +206,11 @@ def make_parser():
                    help="EdgeConv layer (of each model) whose output LSP/AT/FitNet use")
     # optimisation
     p.add_argument("--epochs", type=int, default=250, help="epochs of the student")
-    p.add_argument("--batch-size", type=int, default=32, help="clouds per training batch")
-    p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate")
-    p.add_argument("--lr-min", type=float, default=1e-3, help="end of the cosine schedule")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
-    p.add_argument("--smoothing", type=float, default=0.2, help="label smoothing ε")
+    add_optimiser_args(p, [("--batch-size", int, 32, "clouds per training batch"),
+                           ("--lr", float, 0.1, "SGD learning rate"),
+                           ("--lr-min", float, 1e-3, "end of the cosine schedule"),
+                           ("--weight-decay", float, 1e-4, "SGD weight decay"),
+                           ("--smoothing", float, 0.2, "label smoothing ε")])
     # run
     add_run_args(p, out_dir="runs/modelnet", dry_run="1 epoch of 1 batch each, on few small "
                  "synthetic clouds unless --data modelnet40 is given")
@@ -225,9 +226,12 @@ def get_args(argv=None):
                        for dest in ("channels_s", "mlp_s")])
     teacher, student = dgcnn_teacher(), dgcnn_student(args.variant, args.channels_s, args.mlp_s)
     require(p, args, *run_rules(),
-            ("batch_size", lambda v: v >= 2, ">= 2 (BatchNorm needs 2 clouds a batch)"),
+            *[(dest, lambda v: v >= 2, ">= 2 (BatchNorm needs 2 clouds a batch)")
+              for dest in ("batch_size", "teacher_batch_size")],
             ("lr_min", lambda v: 0 <= v <= args.lr, "in [0, --lr]"),
-            ("smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("teacher_lr_min", lambda v: 0 <= v <= args.teacher_lr, "in [0, --teacher-lr]"),
+            *[(dest, lambda v: 0 <= v < 1, "in [0, 1)")
+              for dest in ("smoothing", "teacher_smoothing")],
             ("num_points", lambda v: v > teacher.k, f"> {teacher.k} (the teacher's k)"),
             ("train_per_class", lambda v: v >= 1, ">= 1"),
             ("test_per_class", lambda v: v >= 1, ">= 1"))
@@ -238,6 +242,7 @@ def get_args(argv=None):
     if args.dry_run:
         args.epochs = args.teacher_epochs = 1
         args.batch_size = min(args.batch_size, max(4, args.hkd_k + 1 if args.hkd else 0))
+        args.teacher_batch_size = min(args.teacher_batch_size, 4)
         if "data" not in given:  # as --help promises: a smoke test needs no download
             args.data = "synthetic"
         if args.data == "synthetic":
@@ -274,9 +279,11 @@ def load_data(args):
             ds = data.load_modelnet40(args.data_dir, url=args.url)
         except data.DataError as e:
             sys.exit(f"error: {e}")
-    if len(ds["train_labels"]) < args.batch_size:  # an epoch drops an incomplete batch
-        sys.exit(f"error: --batch-size {args.batch_size} is more than the "
-                 f"{len(ds['train_labels'])} training clouds: an epoch would have no batch")
+    for flag, size in (("--batch-size", args.batch_size),
+                       ("--teacher-batch-size", args.teacher_batch_size)):
+        if len(ds["train_labels"]) < size:  # an epoch drops an incomplete batch
+            sys.exit(f"error: {flag} {size} is more than the {len(ds['train_labels'])} "
+                     "training clouds: an epoch would have no batch")
     available = ds["train_points"].shape[1]
     if args.num_points > available:
         sys.exit(f"error: --num-points {args.num_points} is more than the {available} points "
@@ -286,23 +293,23 @@ def load_data(args):
 
 def get_teacher(args, ds, device, run_dir, log):
     """The paper's DGCNN teacher: loaded from its checkpoint, or trained and saved; frozen.
-    It is trained with the run's --num-points, --batch-size, --lr, --lr-min, --weight-decay
-    and --smoothing, which its checkpoint's name records with everything else that decides
-    it."""
-    set_seed(args.teacher_seed)  # its initialisation, should it be trained here
+    It is trained on the run's data and --num-points, with its own --teacher-epochs,
+    --teacher-seed, --teacher-batch-size, --teacher-lr, --teacher-lr-min,
+    --teacher-weight-decay and --teacher-smoothing, which its checkpoint's name records."""
+    t = as_teacher(args)
+    set_seed(t.seed)  # its initialisation, should it be trained here
     teacher = dgcnn_teacher(num_classes=len(ds["class_names"])).to(device)
     config = {"experiment": "modelnet", "data": data_name(args), "model": "dgcnn_teacher",
-              "num_points": args.num_points, "epochs": args.teacher_epochs,
-              "seed": args.teacher_seed, "lr": args.lr, "lr_min": args.lr_min,
-              "weight_decay": args.weight_decay, "smoothing": args.smoothing,
-              "batch_size": args.batch_size, "dry_run": args.dry_run}
+              "num_points": args.num_points, "epochs": t.epochs, "seed": t.seed, "lr": t.lr,
+              "lr_min": t.lr_min, "weight_decay": t.weight_decay, "smoothing": t.smoothing,
+              "batch_size": t.batch_size, "dry_run": args.dry_run}
     if args.data != "synthetic":  # the whole release, or the subset it was trained on
         config["files"] = ds["files"]
     return teacher, load_or_train_teacher(
         teacher, args, config, f"modelnet_teacher_{data_name(args)}",
         lambda resume, save_progress: train(
-            teacher, ds, args, device, lambda m: log("teacher " + m), args.teacher_epochs,
-            args.teacher_seed, resume=resume, save_progress=save_progress),
+            teacher, ds, t, device, lambda m: log("teacher " + m), t.epochs, t.seed,
+            resume=resume, save_progress=save_progress),
         lambda c: "no validation split: the last epoch's weights", run_dir, log)
 
 

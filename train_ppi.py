@@ -32,10 +32,11 @@ from experiment import (Meter, TeacherOutput, add_distill_args, add_multilabel_a
                         paper_row, require, stack_outputs, structure_metrics,
                         structure_results, teacher_sigma, teacher_structure, total_loss)
 from models import gat_student, gat_teacher, num_params
-from runs import (SAVE_EVERY, add_run_args, add_teacher_args, check_finite, check_weights,
-                  given_flags, load_or_train_teacher, main_guard, open_run, parser_for,
-                  pick_device, restore_training_state, run_rules, save_results, save_snapshot,
-                  set_seed, summarize, teacher_provenance, training_state)
+from runs import (SAVE_EVERY, add_optimiser_args, add_run_args, add_teacher_args, as_teacher,
+                  check_finite, check_weights, given_flags, load_or_train_teacher, main_guard,
+                  open_run, parser_for, pick_device, restore_training_state, run_rules,
+                  save_results, save_snapshot, set_seed, summarize, teacher_provenance,
+                  training_state)
 
 # NOTE: the paper's LSP is Eq. (3)-(7) with RBF, λ = 100, in every epoch; the official code
 # differs in all of these. Here the paper is the default, and --official sets the official
@@ -212,9 +213,9 @@ def make_parser():
                         "--teacher-first --lsp-weight 1 --lsp-epochs 30 --lsp-layer-s 2")
     # optimisation
     p.add_argument("--epochs", type=int, default=500, help="epochs of the student")
-    p.add_argument("--lr", type=float, default=0.005, help="Adam learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay")
-    p.add_argument("--batch-size", type=int, default=2, help="graphs per training batch")
+    add_optimiser_args(p, [("--lr", float, 0.005, "Adam learning rate"),
+                           ("--weight-decay", float, 0.0, "Adam weight decay"),
+                           ("--batch-size", int, 2, "graphs per training batch")])
     # run
     add_run_args(p, out_dir="runs/ppi", dry_run="1 epoch of 1 batch each, on tiny synthetic "
                  "graphs unless --data ppi is given")
@@ -237,7 +238,8 @@ def get_args(argv=None):
         vars(args).update(OFFICIAL)
     check_distill_flags(p, args, given)
     require(p, args, *run_rules(),
-            ("batch_size", lambda v: v >= 1, ">= 1 (graphs per batch)"),
+            *[(dest, lambda v: v >= 1, ">= 1 (graphs per batch)")
+              for dest in ("batch_size", "teacher_batch_size")],
             ("scale", lambda v: 0 < v <= 1, "in (0, 1]"),
             ("lsp_epochs", lambda v: v is None or v >= 1, ">= 1"))
     for flag, model in (("lsp_layer_s", gat_student()), ("lsp_layer_t", gat_teacher())):
@@ -276,19 +278,19 @@ def load_data(args):
 
 def get_teacher(args, ds, device, run_dir, log):
     """The teacher of Table 1: loaded from its checkpoint, or trained and saved; frozen. It is
-    trained with the run's --lr, --weight-decay and --batch-size, which its checkpoint's
-    name records with everything else that decides it."""
-    set_seed(args.teacher_seed)  # its initialisation, should it be trained here
+    trained with its own --teacher-epochs, --teacher-seed, --teacher-lr, --teacher-weight-decay
+    and --teacher-batch-size, which its checkpoint's name records with the data."""
+    t = as_teacher(args)
+    set_seed(t.seed)  # its initialisation, should it be trained here
     teacher = gat_teacher().to(device)
     config = {"experiment": "ppi", "data": data_name(args), "model": "gat_teacher",
-              "epochs": args.teacher_epochs, "seed": args.teacher_seed, "lr": args.lr,
-              "weight_decay": args.weight_decay, "batch_size": args.batch_size,
-              "dry_run": args.dry_run}
+              "epochs": t.epochs, "seed": t.seed, "lr": t.lr, "weight_decay": t.weight_decay,
+              "batch_size": t.batch_size, "dry_run": args.dry_run}
     ckpt = load_or_train_teacher(
         teacher, args, config, f"ppi_teacher_{data_name(args)}",
         lambda resume, save_progress: train(
-            teacher, ds, args, device, lambda m: log("teacher " + m), args.teacher_epochs,
-            args.teacher_seed, resume=resume, save_progress=save_progress),
+            teacher, ds, t, device, lambda m: log("teacher " + m), t.epochs, t.seed,
+            resume=resume, save_progress=save_progress),
         lambda c: f"best val f1 {c['best_val']:.4f} at epoch {c['epoch']}", run_dir, log)
     return teacher, ckpt
 

@@ -61,8 +61,9 @@ def fail(msg):
 # Runs and files
 
 def find_runs(paths):
-    """[(run_dir, results)] of every results.json in or under `paths`, in name order."""
-    runs = []
+    """[(run_dir, results)] of every results.json in or under `paths`, in name order; a run
+    found twice (its folder and a folder above it both given) counts once."""
+    runs, seen = [], set()
     for path in paths:
         if not os.path.isdir(path):
             fail(f"{path}: no such folder")
@@ -72,6 +73,9 @@ def find_runs(paths):
             fail(f"{path}: no results.json in it or its folders (a run writes one only when "
                  "it completes)")
         for file in found:
+            if os.path.realpath(file) in seen:
+                continue
+            seen.add(os.path.realpath(file))
             try:
                 with open(file) as f:
                     runs.append((os.path.dirname(file), json.load(f)))

@@ -2,7 +2,6 @@
 only by runs that would train the same one, and resumes after Ctrl-C; a seeded command
 repeats bit for bit; each run has its own folder, and results only when complete."""
 import fcntl
-import gc
 import json
 import os
 import signal
@@ -47,6 +46,11 @@ BAD_FLAGS = [  # (script, flags, what the error line says); both scripts where N
     (None, ["--batch-size", "0"], "--batch-size must be >= "),
     ("train_modelnet.py", ["--batch-size", "1"], "BatchNorm"),
     (None, ["--lr", "-1"], "--lr must be > 0"),
+    (None, ["--teacher-lr", "0"], "--teacher-lr must be > 0"),
+    (None, ["--teacher-weight-decay", "-1"], "--teacher-weight-decay must be >= 0"),
+    (None, ["--teacher-batch-size", "0"], "--teacher-batch-size must be >= "),
+    ("train_modelnet.py", ["--teacher-lr-min", "1"], "--teacher-lr-min must be in [0, --teacher-lr]"),
+    ("train_modelnet.py", ["--teacher-smoothing", "-0.1"], "--teacher-smoothing must be in [0, 1)"),
     (None, ["--weight-decay", "-1"], "--weight-decay must be >= 0"),
     (None, ["--sigma", "0"], "σ must be > 0"),
     (None, ["--sigma", "nan"], "σ must be > 0"),
@@ -73,6 +77,7 @@ BAD_FLAGS = [  # (script, flags, what the error line says); both scripts where N
     (None, ["--teacher-ckpt", os.sep], "is a folder"),
     # an epoch's last step that diverges: found at the end of the epoch, not a traceback
     (None, ["--lr", "1e30"], "error: training diverged"),
+    (None, ["--teacher-lr", "1e30"], "error: training diverged"),
     # diverged: a NaN or infinite loss stops the run instead of writing results of nonsense
     ("train_ppi.py", ["--lsp", "--kernel", "poly", "--degree", "9", "--lsp-weight", "1e38"],
      "training diverged in epoch 0: loss not finite"),
@@ -184,9 +189,8 @@ def test_a_restarted_run_first_removes_what_its_last_attempt_left(tmp_path, caps
     run_dir, log = runs.open_run(args, "synthetic-x", "ppi")
     for name in ("results.json", "cost.json", "student.pt"):
         open(os.path.join(run_dir, name), "w").close()
-    del log  # the first attempt ends: its log file closes and its lock goes
-    runs.INTERRUPTED["log"] = None
-    gc.collect()
+    # the same run again in this process (main() called twice, in a notebook): the first
+    # attempt's log is closed and its lock released
     run_dir_again, _ = runs.open_run(args, "synthetic-x", "ppi")
     assert run_dir_again == run_dir
     assert sorted(os.listdir(run_dir)) == ["args.json", "log.txt"]
@@ -217,7 +221,58 @@ def test_a_teacher_is_reused_only_by_runs_that_would_train_the_same_one(tmp_path
     # an explicit checkpoint trained otherwise stops the run, naming the difference
     p = run("train_ppi.py", *PPI_SMALL, "--teacher-epochs", "3", "--teacher-ckpt",
             str(ckpts[0]), cwd=tmp_path)
-    assert_one_error_line(p, "was trained otherwise than this run would train it (epochs ")
+    assert_one_error_line(p, "was trained otherwise than this run would train it "
+                             "(--teacher-epochs ")
+
+
+def test_the_teacher_has_its_own_optimiser_flags(tmp_path):
+    """A sweep over the student's --lr and --batch-size reuses one teacher; --teacher-lr
+    trains another, and a checkpoint trained at another --teacher-lr is refused by name."""
+    first = run("train_ppi.py", *PPI_SMALL, "--teacher-epochs", "1", cwd=tmp_path)
+    sweep = run("train_ppi.py", *PPI_SMALL, "--teacher-epochs", "1", "--lr", "0.01",
+                "--batch-size", "4", cwd=tmp_path)
+    other = run("train_ppi.py", *PPI_SMALL, "--teacher-epochs", "1", "--teacher-lr", "0.01",
+                cwd=tmp_path)
+    for p in (first, sweep, other):
+        assert p.returncode == 0, p.stderr
+    assert "teacher loaded from" in sweep.stdout and "no teacher at" in other.stdout
+    (ckpt,) = [c for c in (tmp_path / "checkpoints").iterdir()
+               if torch.load(c, weights_only=False)["config"]["lr"] == 0.01]
+    p = run("train_ppi.py", *PPI_SMALL, "--teacher-epochs", "1", "--lr", "0.01",
+            "--teacher-ckpt", str(ckpt), cwd=tmp_path)
+    assert_one_error_line(p, "(--teacher-lr 0.01 there, 0.005 here)")
+
+
+def test_a_run_waits_for_another_that_trains_the_same_teacher(tmp_path):
+    """While another run holds the teacher's lock, a run that needs the same teacher waits,
+    then loads the checkpoint that the other run saved, instead of training its own."""
+    made = run("train_ppi.py", *PPI_SMALL, "--teacher-epochs", "1", "--teacher-ckpt",
+               str(tmp_path / "made.pt"), cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    ckpt = tmp_path / "t.pt"
+    with open(str(ckpt) + ".lock", "a") as lock:  # as a run training this teacher holds it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_ppi.py"), *PPI_SMALL,
+                                 "--teacher-epochs", "1", "--teacher-ckpt", str(ckpt)],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        for line in proc.stdout:
+            if "waiting for it to finish" in line:
+                break
+        os.replace(tmp_path / "made.pt", ckpt)  # the other run saves the teacher, and ends
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "teacher loaded from" in out and "no teacher at" not in out
+    assert not os.path.exists(str(ckpt) + ".lock")
+
+
+def test_a_failed_write_leaves_no_temp_file_and_one_line(tmp_path):
+    in_the_way = tmp_path / "results.json"  # a folder where the file should go
+    (in_the_way / "x").mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        runs.atomic_save({"a": 1}, str(in_the_way), as_json=True)
+    assert str(e.value).startswith(f"error: cannot write {in_the_way}: ")
+    assert sorted(os.listdir(tmp_path)) == ["results.json"]
 
 
 def test_modelnet_teacher_records_its_number_of_points(tmp_path):
@@ -227,7 +282,7 @@ def test_modelnet_teacher_records_its_number_of_points(tmp_path):
     assert p.returncode == 0, p.stderr
     p = run("train_modelnet.py", "--dry-run", "--num-points", "32", "--teacher-ckpt", ckpt,
             "--out-dir", str(tmp_path / "o"))
-    assert_one_error_line(p, "num_points 64 there, 32 here")
+    assert_one_error_line(p, "(--num-points 64 there, 32 here)")
 
 
 def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes_exactly(tmp_path):

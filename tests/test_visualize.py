@@ -221,3 +221,11 @@ def test_mean_std_by_epoch():
         [0.1, 0.0, 0.1])
     ppi = [{**run, "experiment": "ppi"} for run in runs]  # PPI's results: best-validation epoch
     assert visualize.mean_std_by_epoch(ppi, "rank_corr")[0].tolist() == [1, 5]
+
+
+def test_a_run_found_twice_counts_once(runs):
+    pytest.importorskip("matplotlib")
+    import visualize
+    once = visualize.find_runs([str(runs)])
+    assert len(once) > 1
+    assert visualize.find_runs([str(runs), once[0][0]]) == once  # a run folder, and above it
