@@ -68,7 +68,7 @@ def atomic_save(obj, path, as_json=False):
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+        reason = getattr(e, "strerror", None) or f"{str(e).splitlines()[0]} (is the disk full?)"
         sys.exit(f"error: cannot write {path}: {reason}")
 
 
@@ -101,15 +101,33 @@ def main_guard(main):
     try:
         main()
     except lsp_kd.NonFiniteError as e:  # found by a structure metric, after a diverged step
-        sys.exit(f"error: training diverged: {str(e).split(':')[0]}; no results were written. "
-                 "Try a smaller --lr "
-                 "or distillation weight (e.g. --lsp-weight)")
+        what = str(e).split(":")[0]     # "the student's features contain NaN or inf"
+        sys.exit(diverged(what, of_teacher="teacher" in what))
     except KeyboardInterrupt:
         msg = f"interrupted: {INTERRUPTED['hint']}"
         if INTERRUPTED["log"] is not None:
             INTERRUPTED["log"](msg, to_screen=False)
         print("\n" + msg, file=sys.stderr)
         sys.exit(130)
+
+
+# The model in training, and the frozen teacher's checkpoint: what a diverged run advises.
+TRAINING = {"who": "student", "teacher_ckpt": None}
+
+
+def diverged(what, epoch=None, of_teacher=False):
+    """The line that ends a diverged run: what was not finite, in which model, and what to
+    try. of_teacher: the frozen teacher's outputs, so its saved weights, are at fault."""
+    where = f" in epoch {epoch}" if epoch is not None else ""
+    if of_teacher:
+        return (f"error: the frozen teacher's outputs are not finite{where} ({what}): its "
+                f"checkpoint {TRAINING['teacher_ckpt']} holds a diverged teacher; no results "
+                "were written. Delete it and train the teacher again with a smaller "
+                "--teacher-lr")
+    advice = ("a smaller --teacher-lr" if TRAINING["who"] == "teacher" else
+              "a smaller --lr or distillation weight (e.g. --lsp-weight)")
+    return (f"error: the {TRAINING['who']}'s training diverged{where}: {what}; no results "
+            f"were written. Try {advice}")
 
 
 def check_weights(epoch, model):
@@ -120,16 +138,16 @@ def check_weights(epoch, model):
 
 
 def check_finite(epoch, **values):
-    """Stop the run with one line when a step's tensors (features, logits, loss, its terms)
-    hold NaN or inf: the weights have diverged, nothing after would mean anything, and no
-    results are written. Costs one sync on a GPU, like the step's .item()s."""
+    """Stop the run with one line when a step's tensors (features, logits, loss, its terms;
+    the frozen teacher's outputs, named teacher_...) hold NaN or inf: the weights have
+    diverged, nothing after would mean anything, and no results are written. Costs one sync
+    on a GPU, like the step's .item()s. epoch None: outside the epochs."""
     finite = torch.stack([torch.isfinite(v).all() for v in values.values()])  # one sync
     if not finite.all():
         bad = [k for k, ok in zip(values, finite.tolist()) if not ok]
         shown = ", ".join(f"{k} {v.item():.4g}" for k, v in values.items() if v.dim() == 0)
-        sys.exit(f"error: training diverged in epoch {epoch}: {' and '.join(bad)} not finite"
-                 + (f" ({shown})" if shown else "") + "; no results were written. Try a "
-                 "smaller --lr or distillation weight (e.g. --lsp-weight)")
+        sys.exit(diverged(f"{' and '.join(bad)} not finite" + (f" ({shown})" if shown else ""),
+                          epoch, of_teacher=any(k.startswith("teacher") for k in bad)))
 
 
 # Arguments that do not change what a run computes: left out of its folder's name.
@@ -157,9 +175,11 @@ def open_run(args, data_name, experiment):
     if fcntl is not None:
         try:  # held until the process exits, however it exits, or opens another run
             fcntl.flock(log_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             sys.exit(f"error: another run of the same command is writing to {run_dir}; "
                      "wait for it, or give another --out-dir")
+        except OSError:  # a file system without locks (some network ones): run unlocked
+            pass
     log_file.truncate(0)  # the same command's earlier attempt: replaced, not mixed in
     for name in ("results.json", "cost.json", "student.pt"):
         with contextlib.suppress(FileNotFoundError):
@@ -310,6 +330,7 @@ def summarize(out_dir, experiment, keys):
         if r.get("experiment") != experiment:
             sys.exit(f"error: {path} holds results of {r.get('experiment', 'an older version')}"
                      f", not of the {experiment} experiment; summarize it with its own script")
+        r["args"] = with_teacher_flags(r["args"])  # a run made before they existed
         runs_of.setdefault((r["method"], setting(r["args"])), []).append(r)
     if not runs_of:
         sys.exit(f"error: --summarize {out_dir}: no results.json in it or its folders (a run "
@@ -395,11 +416,10 @@ def add_optimiser_args(p, flags):
     """The optimiser's flags, each twice with the same default: --lr, ... for the student and
     --teacher-lr, ... for the teacher. The teacher's are its own, so that a sweep over the
     student's --lr trains one teacher, not one per value. flags: (flag, type, default, help)."""
-    for flag, kind, default, text in flags:
-        p.add_argument(flag, type=kind, default=default, help=text)
-    for flag, kind, default, text in flags:
-        p.add_argument("--teacher-" + flag[2:], type=kind, default=default,
-                       help=f"the teacher's {flag}")
+    for who in ("", "teacher-"):
+        for flag, kind, default, text in flags:
+            p.add_argument(f"--{who}{flag[2:]}", type=kind, default=default,
+                           help=f"{text}, of the {who[:-1] or 'student'}")
 
 
 # The settings the teacher has a flag of its own for: --teacher-epochs, --teacher-lr, ...
@@ -451,6 +471,7 @@ def load_or_train_teacher(teacher, args, config, name, train_teacher, describe, 
                                  os.path.join("checkpoints", f"{name}_{digest(config)}.pt"))
     if os.path.isdir(path):
         sys.exit(f"error: --teacher-ckpt {path} is a folder; give a file name")
+    TRAINING["teacher_ckpt"] = path
     ckpt, how = None, "loaded from"
     if not os.path.exists(path):
         check_writable(os.path.dirname(os.path.abspath(path)), "the teacher's checkpoint")
@@ -480,9 +501,12 @@ def teacher_lock(path, log):
     with open(path + ".lock", "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            log(f"another run is training the teacher {path}; waiting for it to finish")
+        except BlockingIOError:
+            log(f"another run is training the teacher {path}; waiting for it to finish (if "
+                "it fails, this run trains the teacher itself)")
             fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks: go on unlocked
+            pass
         yield
         if os.path.exists(path):  # a run that opens the lock after this finds the teacher
             with contextlib.suppress(FileNotFoundError):
@@ -513,13 +537,21 @@ def train_and_save(teacher, args, config, path, train_teacher, log):
                                f"{state['epoch'] + 1} of {config['epochs']} in "
                                f"{resume_path}; rerun the same command to resume it")
 
+    TRAINING["who"] = "teacher"
     fit = train_teacher(resume, save_progress)
+    TRAINING["who"] = "student"
     ckpt = {"model": teacher.state_dict(), "arch": arch_of(teacher), "config": config,
             "args": vars(args), **fit}
     atomic_save(ckpt, path)
     with contextlib.suppress(FileNotFoundError):
         os.remove(resume_path)
     return ckpt
+
+
+def with_teacher_flags(stored):
+    """A run's stored arguments, with the teacher's own flags (--teacher-lr, ...) that a run
+    made before they existed lacks: its teacher was trained with the student's values."""
+    return {**{"teacher_" + k: stored[k] for k in TEACHER_OWN if k in stored}, **stored}
 
 
 def teacher_provenance(ckpt):

@@ -113,11 +113,16 @@ def train_epoch(model, ds, args, opt, gen, device, epoch, teacher=None, regresso
         B, P, _ = pts.shape
         feats_s, pooled_s = model.embed(pts)  # EdgeConv outputs, global features (B, F_g)
         logits = model.head(pooled_s)                                    # (B, C)
-        check_finite(epoch, features=feats_s[args.lsp_layer][0], logits=logits)
-        terms = {"ce": F.cross_entropy(logits, labels, label_smoothing=args.smoothing)}
+        outputs = {"features": feats_s[args.lsp_layer][0], "logits": logits}
         if teacher is not None:
             out_t = teacher_output(teacher, pts, args.lsp_layer, args.kd or args.hkd,
                                    args.teacher_amp, sigma_t)
+            outputs["teacher_features"] = out_t.feat
+            if out_t.logits is not None:
+                outputs["teacher_logits"] = out_t.logits
+        check_finite(epoch, **outputs)
+        terms = {"ce": F.cross_entropy(logits, labels, label_smoothing=args.smoothing)}
+        if teacher is not None:
             f_s, ei_s = feats_s[args.lsp_layer]                          # (B*P, F_s), (2, E_s)
             cloud = torch.arange(B, device=device).repeat_interleave(P)  # (B*P,) cloud id
             terms.update(distill_terms(args, f_s, logits, ei_s, out_t, cloud, regressor,

@@ -80,6 +80,7 @@ def teacher_outputs(teacher, graphs, args, device, sigma_t=None):
     for g in graphs:
         ei = g.edge_index.to(device)
         feats, logits = teacher(g.x.to(device), ei, return_feats=True)
+        check_finite(None, teacher_features=feats[args.lsp_layer_t], teacher_logits=logits)
         per_graph.append((feats[args.lsp_layer_t], logits, ei))  # (N, F_t), (N, C), (2, E)
     if sigma_t is None:  # one σ over all the graphs: their features and edges stacked
         sigma_t = teacher_sigma(args, [(f, ei) for f, _, ei in per_graph])

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import train_modelnet
-from runs import Parser, read_checkpoint
+from runs import Parser, read_checkpoint, with_teacher_flags
 from models import dgcnn_student, dgcnn_teacher
 
 try:
@@ -215,7 +215,7 @@ def structure(args):
     epoch, the teacher in the last column; -> args.out/fig4_structure.png."""
     without, with_lsp, epochs = pick_pair(find_runs(args.runs))
     rows = [without] + with_lsp
-    run_args = argparse.Namespace(**without[1]["args"])
+    run_args = argparse.Namespace(**with_teacher_flags(without[1]["args"]))
     ds = train_modelnet.load_data(run_args)
     picked, pts, red = pick_clouds(ds, run_args.num_points, args.objects, args.seed)
     layer = run_args.lsp_layer

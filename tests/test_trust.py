@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import types
 
 import pytest
@@ -76,8 +77,9 @@ BAD_FLAGS = [  # (script, flags, what the error line says); both scripts where N
     (None, ["--save-epochs", "2"], "--save-epochs must be epochs in [1, --epochs = 1]"),
     (None, ["--teacher-ckpt", os.sep], "is a folder"),
     # an epoch's last step that diverges: found at the end of the epoch, not a traceback
-    (None, ["--lr", "1e30"], "error: training diverged"),
-    (None, ["--teacher-lr", "1e30"], "error: training diverged"),
+    (None, ["--lr", "1e30"], "error: the student's training diverged"),
+    (None, ["--lr", "1e30"], "Try a smaller --lr or distillation weight"),
+    (None, ["--teacher-lr", "1e30"], "a smaller --teacher-lr"),  # in training, or once saved
     # diverged: a NaN or infinite loss stops the run instead of writing results of nonsense
     ("train_ppi.py", ["--lsp", "--kernel", "poly", "--degree", "9", "--lsp-weight", "1e38"],
      "training diverged in epoch 0: loss not finite"),
@@ -256,14 +258,33 @@ def test_a_run_waits_for_another_that_trains_the_same_teacher(tmp_path):
                                  "--teacher-epochs", "1", "--teacher-ckpt", str(ckpt)],
                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
-        for line in proc.stdout:
-            if "waiting for it to finish" in line:
-                break
+        deadline = threading.Timer(120, proc.kill)  # a test that fails, not one that hangs
+        deadline.start()
+        waiting = any("waiting for it to finish" in line for line in proc.stdout)
         os.replace(tmp_path / "made.pt", ckpt)  # the other run saves the teacher, and ends
+    deadline.cancel()
+    assert waiting
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "teacher loaded from" in out and "no teacher at" not in out
     assert not os.path.exists(str(ckpt) + ".lock")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_saved_teacher_with_nan_weights_is_named_with_its_file(tmp_path, script):
+    """A teacher checkpoint whose outputs are NaN (a diverged teacher, saved) stops the
+    student's run with one line that names the file and --teacher-lr."""
+    ckpt, flags = tmp_path / "t.pt", ["--dry-run", "--kd", "--out-dir", str(tmp_path / "o")]
+    p = run(script, *flags, "--teacher-ckpt", str(ckpt))
+    assert p.returncode == 0, p.stderr
+    saved = torch.load(ckpt, weights_only=False)
+    for v in saved["model"].values():
+        if v.is_floating_point():
+            v.fill_(float("nan"))
+    torch.save(saved, ckpt)
+    p = run(script, *flags, "--teacher-ckpt", str(ckpt))
+    assert_one_error_line(p, f"its checkpoint {ckpt} holds a diverged teacher")
+    assert "--teacher-lr" in p.stderr
 
 
 def test_a_failed_write_leaves_no_temp_file_and_one_line(tmp_path):

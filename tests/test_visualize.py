@@ -79,19 +79,24 @@ def modelnet_run(runs, lsp):
     return path
 
 
-def copy_pair(runs, to, remove=None, teacher_file=None):
+def copy_pair(runs, to, remove=None, teacher_file=None, older=False):
     """Copies of the ModelNet40 dry runs without and with LSP in `to`, without the file
-    `remove`; teacher_file: what their results give as the teacher's file."""
+    `remove`; teacher_file: what their results give as the teacher's file; older: their
+    arguments without the teacher's optimiser flags, as runs made before those existed."""
     copies = []
     for lsp in (False, True):
         copy = to / modelnet_run(runs, lsp).name
         shutil.copytree(modelnet_run(runs, lsp), copy)
         if remove:
             os.remove(copy / remove)
+        res = json.loads((copy / "results.json").read_text())
         if teacher_file:
-            res = json.loads((copy / "results.json").read_text())
             res["teacher"]["file"] = teacher_file
-            (copy / "results.json").write_text(json.dumps(res))
+        if older:
+            res["args"] = {k: v for k, v in res["args"].items() if k not in (
+                "teacher_lr", "teacher_lr_min", "teacher_weight_decay", "teacher_batch_size",
+                "teacher_smoothing")}
+        (copy / "results.json").write_text(json.dumps(res))
         copies.append(str(copy))
     return copies
 
@@ -229,3 +234,12 @@ def test_a_run_found_twice_counts_once(runs):
     once = visualize.find_runs([str(runs)])
     assert len(once) > 1
     assert visualize.find_runs([str(runs), once[0][0]]) == once  # a run folder, and above it
+
+
+def test_structure_draws_runs_made_before_the_teachers_own_flags(runs, tmp_path):
+    pytest.importorskip("matplotlib")
+    given = copy_pair(runs, tmp_path, older=True)
+    p = run("visualize.py", "structure", *given, "--objects", "1", "--out",
+            str(tmp_path / "out"))
+    assert p.returncode == 0, p.stderr
+    assert png_info(tmp_path / "out" / "fig4_structure.png")[0] > 0
