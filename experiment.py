@@ -1,8 +1,8 @@
 """What the PPI and ModelNet40 experiments compute alike: the distillation flags and the terms
 of one step (Eq. 7, the baselines of Sec. 4.1, and HKD and the label correlation, which the
 paper does not have), the epoch line, the structure metrics, the cost (time and memory) and
-the paper's figures beside a run's row (with its method's name). Where a run's outputs go,
-and its checkpoints, are in runs.py.
+the paper's figures beside a run's row (with its method's name). Where a run's outputs go is
+in runs.py, where its teacher comes from in teacher.py.
 
 train_ppi.py, train_modelnet.py and bench.py import it; it imports no script.
 Dimensions: N nodes (B*P points on ModelNet40), E edges, F features, C labels or classes.

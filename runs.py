@@ -1,9 +1,10 @@
 """A run's life, shared by train_ppi.py, train_modelnet.py and bench.py: its seed and device,
-its folder, log and files, its command line's checks and one-line errors, Ctrl-C, the
-teacher's checkpoint (named by its settings, resumable) and the summary over seeds.
+its folder, log and files, its command line's checks and one-line errors, Ctrl-C, a diverged
+run, and the summary over seeds.
 
 What a run computes (the distillation terms, the structure metrics, the cost, the paper's
-figures) is in experiment.py; this file is about where it goes and when it stops.
+figures) is in experiment.py; where its teacher comes from is in teacher.py; this file is
+about where the run goes and when it stops.
 """
 import argparse
 import contextlib
@@ -288,6 +289,16 @@ def mean_std(values):
             else f"{v.mean():.2e} ± {v.std():.1e}")
 
 
+# The settings the teacher has a flag of its own for: --teacher-epochs, --teacher-lr, ...
+TEACHER_OWN = ("epochs", "seed", "lr", "weight_decay", "batch_size", "lr_min", "smoothing")
+
+
+def with_teacher_flags(stored):
+    """A run's stored arguments, with the teacher's own flags (--teacher-lr, ...) that a run
+    made before they existed lacks: its teacher was trained with the student's values."""
+    return {**{"teacher_" + k: stored[k] for k in TEACHER_OWN if k in stored}, **stored}
+
+
 # What may differ between the runs that one row of --summarize averages: the seed, and where
 # the outputs went.
 NOT_IN_SETTING = ("seed", "out_dir", "summarize", "save_epochs")
@@ -351,210 +362,3 @@ def summarize(out_dir, experiment, keys):
             at = [b[str(epoch)] for b in by_epoch if str(epoch) in b]
             print(f"{epoch:>5} " + " ".join(f"{mean_std([m[k] for m in at]):>21}"
                                             for k in per_epoch))
-
-
-# ----------------------------------------------------------------------------------------
-# The teacher: load its checkpoint, or train it (resumably) and save it
-
-SAVE_EVERY = 5  # epochs between the resumable checkpoints of a teacher in training
-
-
-def arch_of(model):
-    """The architecture as {parameter name: shape}: two models match iff their dicts do."""
-    return {k: list(v.shape) for k, v in model.state_dict().items()}
-
-
-def flag_of(key):
-    """The command-line flag that sets a teacher config's key: "lr" -> "--teacher-lr"."""
-    if key in TEACHER_OWN:
-        return "--teacher-" + key.replace("_", "-")
-    return {"data": "the data", "files": "the data files", "model": "the architecture",
-            "experiment": "the experiment"}.get(
-        key, "--" + key.replace("_", "-"))
-
-
-def read_checkpoint(path, teacher, config):
-    """A teacher checkpoint {model, arch, config, ...} (or a resumable one) at path, checked
-    against `teacher`'s architecture and the config this run would train it with; exits with
-    one line naming the differences otherwise."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file
-        sys.exit(f"error: cannot read the teacher checkpoint {path} ({type(e).__name__}); "
-                 "delete it to train the teacher again")
-    if not isinstance(ckpt, dict) or not {"model", "arch", "config"} <= set(ckpt):
-        sys.exit(f"error: {path} is not a teacher checkpoint of this version of the code; "
-                 "delete it to train the teacher again, or pass another --teacher-ckpt")
-    arch = arch_of(teacher)
-    if ckpt["arch"] != arch:
-        diff = [k for k in sorted(set(arch) | set(ckpt["arch"]))
-                if ckpt["arch"].get(k) != arch.get(k)][:3]
-        sys.exit(f"error: the teacher checkpoint {path} holds another architecture than "
-                 f"this script's teacher (first differences: {diff}); pass another "
-                 "--teacher-ckpt or delete the file to train a new teacher")
-    diff = [f"{flag_of(k)} {ckpt['config'].get(k)!r} there, {v!r} here"
-            for k, v in config.items() if ckpt["config"].get(k) != v]
-    if diff:
-        sys.exit(f"error: the teacher checkpoint {path} was trained otherwise than this run "
-                 f"would train it ({'; '.join(diff)}): pass the values it was trained with, "
-                 "another --teacher-ckpt, or delete it to train the teacher again")
-    return ckpt
-
-
-def add_teacher_args(p, name, epochs, seed):
-    """The teacher's flags: its checkpoint (checkpoints/<name>_<data>_<digest>.pt), epochs, seed."""
-    p.add_argument("--teacher-ckpt", default=None,
-                   help=f"teacher checkpoint, trained and saved there if missing; None: "
-                        f"checkpoints/{name}_<data>_<digest of its settings>.pt, one per "
-                        "setting (a dry run: in the run folder)")
-    p.add_argument("--teacher-epochs", type=int, default=epochs, help="epochs of the teacher")
-    p.add_argument("--teacher-seed", type=int, default=seed,
-                   help="seed of the teacher's initialisation and batch order")
-
-
-def add_optimiser_args(p, flags):
-    """The optimiser's flags, each twice with the same default: --lr, ... for the student and
-    --teacher-lr, ... for the teacher. The teacher's are its own, so that a sweep over the
-    student's --lr trains one teacher, not one per value. flags: (flag, type, default, help)."""
-    for who in ("", "teacher-"):
-        for flag, kind, default, text in flags:
-            p.add_argument(f"--{who}{flag[2:]}", type=kind, default=default,
-                           help=f"{text}, of the {who[:-1] or 'student'}")
-
-
-# The settings the teacher has a flag of its own for: --teacher-epochs, --teacher-lr, ...
-TEACHER_OWN = ("epochs", "seed", "lr", "weight_decay", "batch_size", "lr_min", "smoothing")
-
-
-def as_teacher(args):
-    """args as the teacher trains with them: its own --teacher-epochs, --teacher-lr, ... in
-    place of the student's --epochs, --lr, ...; the rest (data, dry run) is the run's."""
-    own = {k: getattr(args, "teacher_" + k) for k in TEACHER_OWN if hasattr(args, "teacher_" + k)}
-    return argparse.Namespace(**{**vars(args), **own})
-
-
-def training_state(epoch, model, opt, gen, sched=None, **extra):
-    """What train() needs to go on after `epoch` exactly as if it had never stopped: the
-    weights, the optimiser (and scheduler), the batch-order generator, every RNG; + extra."""
-    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-           "python": random.getstate(),
-           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    return {"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
-            "sched": sched.state_dict() if sched is not None else None, "gen": gen.get_state(),
-            "rng": rng, **extra}
-
-
-def restore_training_state(state, model, opt, gen, sched=None):
-    """Undo training_state: the same weights, optimiser, generator and RNGs. -> next epoch."""
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["opt"])
-    if sched is not None:
-        sched.load_state_dict(state["sched"])
-    gen.set_state(state["gen"])
-    torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(state["rng"]["numpy"])
-    random.setstate(state["rng"]["python"])
-    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state["epoch"] + 1
-
-
-def load_or_train_teacher(teacher, args, config, name, train_teacher, describe, run_dir, log):
-    """The frozen teacher and its checkpoint. config: every setting that decides the teacher
-    (data and its options, architecture, epochs, optimiser, seed). Its file is --teacher-ckpt,
-    else checkpoints/<name>_<digest of config>.pt (a dry run's: in run_dir), so a teacher is
-    reused only by runs that would train the same one; a --teacher-ckpt trained otherwise
-    stops the run (read_checkpoint). When missing, it is trained (train_and_save), under a
-    lock that makes other runs needing the same teacher wait for it. Logs where the teacher
-    comes from."""
-    path = args.teacher_ckpt or (os.path.join(run_dir, "teacher.pt") if args.dry_run else
-                                 os.path.join("checkpoints", f"{name}_{digest(config)}.pt"))
-    if os.path.isdir(path):
-        sys.exit(f"error: --teacher-ckpt {path} is a folder; give a file name")
-    TRAINING["teacher_ckpt"] = path
-    ckpt, how = None, "loaded from"
-    if not os.path.exists(path):
-        check_writable(os.path.dirname(os.path.abspath(path)), "the teacher's checkpoint")
-        with teacher_lock(path, log):
-            if not os.path.exists(path):  # no other run has trained it while this one waited
-                ckpt = train_and_save(teacher, args, config, path, train_teacher, log)
-                how = "trained and saved to"
-    if ckpt is None:
-        ckpt = read_checkpoint(path, teacher, config)
-        teacher.load_state_dict(ckpt["model"])
-    INTERRUPTED["hint"] = (f"the teacher is saved in {path}; the student's training is not "
-                           "resumable: rerun the same command to train it again")
-    log(f"teacher {how} {path}: {config['epochs']} epochs, seed {config['seed']}, "
-        f"{describe(ckpt)}")
-    teacher.eval().requires_grad_(False)
-    return {**ckpt, "path": path}
-
-
-@contextlib.contextmanager
-def teacher_lock(path, log):
-    """Hold <path>.lock while the teacher of `path` is trained: a run that needs the same
-    teacher meanwhile (another seed, another method) waits, then loads it, instead of training
-    it a second time beside it. The lock file is removed once the checkpoint exists."""
-    if fcntl is None:
-        yield
-        return
-    with open(path + ".lock", "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"another run is training the teacher {path}; waiting for it to finish (if "
-                "it fails, this run trains the teacher itself)")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        except OSError:  # a file system without locks: go on unlocked
-            pass
-        yield
-        if os.path.exists(path):  # a run that opens the lock after this finds the teacher
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path + ".lock")
-
-
-def train_and_save(teacher, args, config, path, train_teacher, log):
-    """Train the teacher: train_teacher(resume, save_progress) -> {epoch, best_val, ...},
-    which saves a resumable <path>.resume every SAVE_EVERY epochs and goes on from one that an
-    interrupted run left; then save {model, arch, config, args, ...} to path atomically."""
-    resume_path = path + ".resume"
-    resume = read_checkpoint(resume_path, teacher, config) if os.path.exists(
-        resume_path) else None
-    if resume is None:
-        log(f"no teacher at {path}: training it ({config['epochs']} epochs)")
-        INTERRUPTED["hint"] = (f"the teacher had not reached its first checkpoint (every "
-                               f"{SAVE_EVERY} epochs): nothing was saved")
-    else:
-        log(f"resuming the teacher's training after epoch {resume['epoch'] + 1} of "
-            f"{config['epochs']} from {resume_path}")
-        INTERRUPTED["hint"] = (f"the teacher's training is saved after epoch "
-                               f"{resume['epoch'] + 1} of {config['epochs']} in "
-                               f"{resume_path}; rerun the same command to resume it")
-
-    def save_progress(state):
-        atomic_save({**state, "arch": arch_of(teacher), "config": config}, resume_path)
-        INTERRUPTED["hint"] = (f"the teacher's training is saved after epoch "
-                               f"{state['epoch'] + 1} of {config['epochs']} in "
-                               f"{resume_path}; rerun the same command to resume it")
-
-    TRAINING["who"] = "teacher"
-    fit = train_teacher(resume, save_progress)
-    TRAINING["who"] = "student"
-    ckpt = {"model": teacher.state_dict(), "arch": arch_of(teacher), "config": config,
-            "args": vars(args), **fit}
-    atomic_save(ckpt, path)
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(resume_path)
-    return ckpt
-
-
-def with_teacher_flags(stored):
-    """A run's stored arguments, with the teacher's own flags (--teacher-lr, ...) that a run
-    made before they existed lacks: its teacher was trained with the student's values."""
-    return {**{"teacher_" + k: stored[k] for k in TEACHER_OWN if k in stored}, **stored}
-
-
-def teacher_provenance(ckpt):
-    """Where the run's teacher comes from, for its results: file, settings, chosen epoch."""
-    return {"file": ckpt["path"], "config": ckpt["config"], "epoch": ckpt["epoch"],
-            "best_val": ckpt["best_val"]}

@@ -29,11 +29,12 @@ from experiment import (TEST_BATCH, Meter, add_distill_args, check_distill_flags
                         structure_results, teacher_output, teacher_sigma, teacher_structure,
                         total_loss)
 from models import STUDENT_VARIANTS, dgcnn_student, dgcnn_teacher, num_params
-from runs import (SAVE_EVERY, add_optimiser_args, add_run_args, add_teacher_args, as_teacher,
-                  check_finite, check_weights, given_flags, int_list, load_or_train_teacher,
-                  main_guard, open_run, parser_for, pick_device, restore_training_state,
-                  run_rules, save_results, save_snapshot, set_seed, summarize,
-                  teacher_provenance, training_state)
+from runs import (add_run_args, check_finite, check_weights, given_flags, int_list, main_guard,
+                  open_run, parser_for, pick_device, run_rules, save_results, save_snapshot,
+                  set_seed, summarize)
+from teacher import (SAVE_EVERY, add_optimiser_args, add_teacher_args, as_teacher,
+                     load_or_train_teacher, restore_training_state, teacher_provenance,
+                     training_state)
 
 PROBE_BATCHES = 4  # training batches on which the teacher's structure is measured (and its σ)
 

@@ -32,11 +32,12 @@ from experiment import (Meter, TeacherOutput, add_distill_args, add_multilabel_a
                         paper_row, require, stack_outputs, structure_metrics,
                         structure_results, teacher_sigma, teacher_structure, total_loss)
 from models import gat_student, gat_teacher, num_params
-from runs import (SAVE_EVERY, add_optimiser_args, add_run_args, add_teacher_args, as_teacher,
-                  check_finite, check_weights, given_flags, load_or_train_teacher, main_guard,
-                  open_run, parser_for, pick_device, restore_training_state, run_rules,
-                  save_results, save_snapshot, set_seed, summarize, teacher_provenance,
-                  training_state)
+from runs import (add_run_args, check_finite, check_weights, given_flags, main_guard, open_run,
+                  parser_for, pick_device, run_rules, save_results, save_snapshot, set_seed,
+                  summarize)
+from teacher import (SAVE_EVERY, add_optimiser_args, add_teacher_args, as_teacher,
+                     load_or_train_teacher, restore_training_state, teacher_provenance,
+                     training_state)
 
 # NOTE: the paper's LSP is Eq. (3)-(7) with RBF, λ = 100, in every epoch; the official code
 # differs in all of these. Here the paper is the default, and --official sets the official
@@ -63,10 +64,12 @@ def micro_f1(logits, y):
 
 @torch.no_grad()
 def evaluate(model, graphs, device):
-    """Micro-F1 of `model` pooled over `graphs`."""
+    """Micro-F1 of `model` pooled over `graphs`; ends the run when its logits are not finite
+    (a model whose weights diverged must not be kept, a teacher must not be saved)."""
     model.eval()
-    logits = [model(g.x.to(device), g.edge_index.to(device)).cpu() for g in graphs]
-    return micro_f1(torch.cat(logits), torch.cat([g.y for g in graphs]))
+    logits = torch.cat([model(g.x.to(device), g.edge_index.to(device)).cpu() for g in graphs])
+    check_finite(None, logits=logits)
+    return micro_f1(logits, torch.cat([g.y for g in graphs]))
 
 
 @torch.no_grad()

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 import train_modelnet
-from runs import Parser, read_checkpoint, with_teacher_flags
 from models import dgcnn_student, dgcnn_teacher
+from runs import Parser, with_teacher_flags
+from teacher import read_checkpoint
 
 try:
     import matplotlib

@@ -13,6 +13,7 @@ import bench
 import experiment
 import lsp_kd
 import runs
+import teacher
 import train_modelnet
 import train_ppi
 from models import DGCNN, gat_student
@@ -94,7 +95,7 @@ def test_cuda_request_without_cuda(tmp_path):
 def test_ppi_teacher_of_another_architecture(tmp_path):
     wrong = gat_student()  # a student where a teacher is expected
     ckpt = tmp_path / "wrong.pt"
-    torch.save({"model": wrong.state_dict(), "arch": runs.arch_of(wrong), "config": {},
+    torch.save({"model": wrong.state_dict(), "arch": teacher.arch_of(wrong), "config": {},
                 "epoch": 0, "best_val": 0.0}, ckpt)
     p = run("train_ppi.py", "--data", "synthetic", "--dry-run", "--teacher-ckpt", str(ckpt),
             "--out-dir", str(tmp_path))
@@ -188,7 +189,7 @@ def test_modelnet_offline_error_is_clear(tmp_path):
 def test_modelnet_teacher_of_another_architecture(tmp_path):
     wrong = DGCNN((8, 8), emb_dim=0, pool="max", mlp=(16,), k=4)
     ckpt = tmp_path / "wrong.pt"
-    torch.save({"model": wrong.state_dict(), "arch": runs.arch_of(wrong), "config": {},
+    torch.save({"model": wrong.state_dict(), "arch": teacher.arch_of(wrong), "config": {},
                 "epoch": 0}, ckpt)
     p = run("train_modelnet.py", "--data", "synthetic", "--dry-run", "--teacher-ckpt",
             str(ckpt), "--out-dir", str(tmp_path))
@@ -295,9 +296,9 @@ def test_distill_terms_with_sigma_auto_equal_lsp_loss():
     want = lsp_kd.lsp_loss(f_s, f_t, ei, "rbf", sigma="auto")
     cached = experiment.TeacherOutput(f_t, log_ls=lsp_kd.log_local_structure(
         f_t, ei, "rbf", sigma=sigma_t), sigma=sigma_t)                # PPI: cached once
-    for teacher in (cached, experiment.TeacherOutput(f_t, sigma=sigma_t),   # given σ_t
-                    experiment.TeacherOutput(f_t)):                   # None: this graph's
-        terms = experiment.distill_terms(args, f_s, None, ei, teacher, None)
+    for out_t in (cached, experiment.TeacherOutput(f_t, sigma=sigma_t),     # given σ_t
+                  experiment.TeacherOutput(f_t)):                     # None: this graph's
+        terms = experiment.distill_terms(args, f_s, None, ei, out_t, None)
         assert list(terms) == ["lsp", "sigma_s"]
         torch.testing.assert_close(terms["lsp"], want)
         assert terms["sigma_s"].item() == pytest.approx(lsp_kd.median_sigma(f_s, ei))
