@@ -1,6 +1,6 @@
 """A run's life, shared by train_ppi.py, train_modelnet.py and bench.py: its seed and device,
-its folder, log and files, its command line's checks and one-line errors, Ctrl-C, a diverged
-run, and the summary over seeds.
+its folder, log and files, its command line's checks and one-line errors, Ctrl-C and
+resumable training, a diverged run, and the summary over seeds.
 
 What a run computes (the distillation terms, the structure metrics, the cost, the paper's
 figures) is in experiment.py; where its teacher comes from is in teacher.py; this file is
@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 
@@ -95,10 +96,16 @@ INTERRUPTED = {"hint": "nothing of the run was saved", "log": None}
 RUN_LOG = {"file": None}
 
 
+def stop(signum, frame):
+    """SIGTERM (kill, timeout, a cluster's scheduler) stops a run as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 def main_guard(main):
-    """Run a script's main(); on Ctrl-C, one line saying what was kept and how to resume,
-    exit status 130, instead of a KeyboardInterrupt traceback; features that became NaN or
-    inf (found by the structure metrics after an epoch's last step), one line too."""
+    """Run a script's main(); on Ctrl-C or SIGTERM, one line saying what was kept and how to
+    resume, exit status 130, instead of a KeyboardInterrupt traceback; features that became
+    NaN or inf (found by the structure metrics after an epoch's last step), one line too."""
+    signal.signal(signal.SIGTERM, stop)
     try:
         main()
     except lsp_kd.NonFiniteError as e:  # found by a structure metric, after a diverged step
@@ -151,6 +158,8 @@ def check_finite(epoch, **values):
                           epoch, of_teacher=any(k.startswith("teacher") for k in bad)))
 
 
+# What an interrupted student's training leaves in its run folder (student_progress).
+STUDENT_RESUME = "student.resume"
 # Arguments that do not change what a run computes: left out of its folder's name.
 NOT_IN_RUN_NAME = ("out_dir", "summarize")
 
@@ -181,7 +190,8 @@ def open_run(args, data_name, experiment):
                      "wait for it, or give another --out-dir")
         except OSError:  # a file system without locks (some network ones): run unlocked
             pass
-    log_file.truncate(0)  # the same command's earlier attempt: replaced, not mixed in
+    if not os.path.exists(os.path.join(run_dir, STUDENT_RESUME)):
+        log_file.truncate(0)  # the same command's earlier attempt: replaced, not mixed in
     for name in ("results.json", "cost.json", "student.pt"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(run_dir, name))
@@ -264,6 +274,8 @@ def save_results(args, run_dir, res, cost, student, fit):
                args=vars(args))
     path = os.path.join(run_dir, "results.json")
     atomic_save(res, path, as_json=True)
+    with contextlib.suppress(FileNotFoundError):  # the run is complete: nothing to resume
+        os.remove(os.path.join(run_dir, STUDENT_RESUME))
     return path
 
 
@@ -362,3 +374,72 @@ def summarize(out_dir, experiment, keys):
             at = [b[str(epoch)] for b in by_epoch if str(epoch) in b]
             print(f"{epoch:>5} " + " ".join(f"{mean_std([m[k] for m in at]):>21}"
                                             for k in per_epoch))
+
+
+# ----------------------------------------------------------------------------------------
+# Resumable training: the teacher's (teacher.py) and the student's
+
+SAVE_EVERY = 5  # epochs between the resumable checkpoints of a model in training
+
+
+def training_state(epoch, model, opt, gen, sched=None, learned=None, **extra):
+    """What train() needs to go on after `epoch` exactly as if it had never stopped: the
+    weights (of the model, and of the modules in learned {name: module or None} trained with
+    it: FitNet's regressor, HKD's maps), the optimiser (and scheduler), the batch-order
+    generator, every RNG; + extra."""
+    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+           "python": random.getstate(),
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
+            "learned": {k: m.state_dict() for k, m in (learned or {}).items() if m is not None},
+            "sched": sched.state_dict() if sched is not None else None, "gen": gen.get_state(),
+            "rng": rng, **extra}
+
+
+def restore_training_state(state, model, opt, gen, sched=None, learned=None):
+    """Undo training_state: the same weights, optimiser, generator and RNGs. -> next epoch."""
+    model.load_state_dict(state["model"])
+    for k, weights in state.get("learned", {}).items():
+        learned[k].load_state_dict(weights)
+    opt.load_state_dict(state["opt"])
+    if sched is not None:
+        sched.load_state_dict(state["sched"])
+    gen.set_state(state["gen"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["epoch"] + 1
+
+
+def student_progress(run_dir, log):
+    """The student's resumable training, in run_dir/student.resume. -> (resume,
+    save_progress): resume is the training_state that an interrupted attempt of the same
+    command left there (None if none), for train() to go on from; save_progress(state) writes
+    it atomically every SAVE_EVERY epochs. save_results removes it when the run completes."""
+    path = os.path.join(run_dir, STUDENT_RESUME)
+    resume = None
+    if os.path.exists(path):
+        try:
+            resume = torch.load(path, map_location="cpu", weights_only=False)
+            epoch = resume["epoch"]
+        except Exception as e:  # a truncated or foreign file
+            sys.exit(f"error: cannot read the student's resumable checkpoint {path} "
+                     f"({type(e).__name__}); delete it to train the student from the start")
+        log(f"resuming the student's training after epoch {epoch + 1} from {path}")
+
+    def saved_after(epoch):  # what Ctrl-C says from now on
+        INTERRUPTED["hint"] = (f"the student's training is saved after epoch {epoch + 1} in "
+                               f"{path}; rerun the same command to resume it")
+
+    def save_progress(state):
+        atomic_save(state, path)
+        saved_after(state["epoch"])
+
+    if resume is None:
+        INTERRUPTED["hint"] = (f"the student had not reached its first checkpoint (every "
+                               f"{SAVE_EVERY} epochs): nothing of its training was saved")
+    else:
+        saved_after(resume["epoch"])
+    return resume, save_progress

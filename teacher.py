@@ -12,13 +12,12 @@ that makes other runs needing the same teacher wait for it.
 import argparse
 import contextlib
 import os
-import random
 import sys
 
-import numpy as np
 import torch
 
-from runs import INTERRUPTED, TEACHER_OWN, TRAINING, atomic_save, check_writable, digest
+from runs import (INTERRUPTED, SAVE_EVERY, TEACHER_OWN, TRAINING, atomic_save,
+                  check_writable, digest)
 
 try:
     import fcntl  # the lock while a teacher trains; absent on Windows, where it is not taken
@@ -58,9 +57,6 @@ def as_teacher(args):
 
 # ----------------------------------------------------------------------------------------
 # Its checkpoint: read and checked, or trained (resumably) and saved
-
-SAVE_EVERY = 5  # epochs between the resumable checkpoints of a teacher in training
-
 
 def arch_of(model):
     """The architecture as {parameter name: shape}: two models match iff their dicts do."""
@@ -104,32 +100,6 @@ def read_checkpoint(path, teacher, config):
     return ckpt
 
 
-def training_state(epoch, model, opt, gen, sched=None, **extra):
-    """What train() needs to go on after `epoch` exactly as if it had never stopped: the
-    weights, the optimiser (and scheduler), the batch-order generator, every RNG; + extra."""
-    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-           "python": random.getstate(),
-           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    return {"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
-            "sched": sched.state_dict() if sched is not None else None, "gen": gen.get_state(),
-            "rng": rng, **extra}
-
-
-def restore_training_state(state, model, opt, gen, sched=None):
-    """Undo training_state: the same weights, optimiser, generator and RNGs. -> next epoch."""
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["opt"])
-    if sched is not None:
-        sched.load_state_dict(state["sched"])
-    gen.set_state(state["gen"])
-    torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(state["rng"]["numpy"])
-    random.setstate(state["rng"]["python"])
-    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state["epoch"] + 1
-
-
 def load_or_train_teacher(teacher, args, config, name, train_teacher, describe, run_dir, log):
     """The frozen teacher and its checkpoint. config: every setting that decides the teacher
     (data and its options, architecture, epochs, optimiser, seed). Its file is --teacher-ckpt,
@@ -153,8 +123,8 @@ def load_or_train_teacher(teacher, args, config, name, train_teacher, describe, 
     if ckpt is None:
         ckpt = read_checkpoint(path, teacher, config)
         teacher.load_state_dict(ckpt["model"])
-    INTERRUPTED["hint"] = (f"the teacher is saved in {path}; the student's training is not "
-                           "resumable: rerun the same command to train it again")
+    INTERRUPTED["hint"] = (f"the teacher is saved in {path}; rerun the same command to go "
+                           "on from it")
     log(f"teacher {how} {path}: {config['epochs']} epochs, seed {config['seed']}, "
         f"{describe(ckpt)}")
     teacher.eval().requires_grad_(False)

@@ -29,12 +29,12 @@ from experiment import (TEST_BATCH, Meter, add_distill_args, check_distill_flags
                         structure_results, teacher_output, teacher_sigma, teacher_structure,
                         total_loss)
 from models import STUDENT_VARIANTS, dgcnn_student, dgcnn_teacher, num_params
-from runs import (add_run_args, check_finite, check_weights, given_flags, int_list, main_guard,
-                  open_run, parser_for, pick_device, run_rules, save_results, save_snapshot,
-                  set_seed, summarize)
-from teacher import (SAVE_EVERY, add_optimiser_args, add_teacher_args, as_teacher,
-                     load_or_train_teacher, restore_training_state, teacher_provenance,
-                     training_state)
+from runs import (SAVE_EVERY, add_run_args, check_finite, check_weights, given_flags,
+                  int_list, main_guard, open_run, parser_for, pick_device,
+                  restore_training_state, run_rules, save_results, save_snapshot, set_seed,
+                  student_progress, summarize, training_state)
+from teacher import (add_optimiser_args, add_teacher_args, as_teacher, load_or_train_teacher,
+                     teacher_provenance)
 
 PROBE_BATCHES = 4  # training batches on which the teacher's structure is measured (and its σ)
 
@@ -142,7 +142,7 @@ def train(model, ds, args, device, log, epochs, seed, teacher=None, sigma_t=None
     """SGD with cosine annealing and label smoothing for `epochs`, the batches drawn from
     `seed` (teacher: distil from it, its σ sigma_t under --sigma auto); structure() ->
     metrics is logged after the epochs of STRUCTURE_EPOCHS, snapshot(epoch) may save the
-    weights. The teacher goes on from a training_state `resume`, and hands one to
+    weights. An interrupted run goes on from a training_state `resume`; one is handed to
     save_progress every SAVE_EVERY epochs. Returns {epoch, best_val, s_per_epoch, peak_mb,
     memory, structure_by_epoch, ...} of the last epoch."""
     # NOTE: the paper gives only SGD, lr 0.1, momentum 0.9 and 250 epochs; here the rest as
@@ -161,7 +161,10 @@ def train(model, ds, args, device, log, epochs, seed, teacher=None, sigma_t=None
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs, eta_min=args.lr_min)
     gen = torch.Generator().manual_seed(seed)
     meter, record = Meter(device), {"structure_by_epoch": {}, "sigma_s_by_epoch": []}
-    start = 0 if resume is None else restore_training_state(resume, model, opt, gen, sched)
+    learned, start = {"regressor": regressor, "hkd_maps": hkd_maps}, 0
+    if resume is not None:  # an interrupted run: on from its last saved epoch
+        start = restore_training_state(resume, model, opt, gen, sched, learned)
+        record = resume.get("record", record)
     for epoch in range(start, epochs):
         t0 = time.time()
         lr = sched.get_last_lr()[0]  # this epoch's
@@ -173,7 +176,7 @@ def train(model, ds, args, device, log, epochs, seed, teacher=None, sigma_t=None
         check_weights(epoch, model)
         log_epoch(log, epoch, means, f"lr {lr:.4f}", t0, structure, record, snapshot)
         if save_progress is not None and (epoch + 1) % SAVE_EVERY == 0 and epoch + 1 < epochs:
-            save_progress(training_state(epoch, model, opt, gen, sched))
+            save_progress(training_state(epoch, model, opt, gen, sched, learned, record=record))
     return {"epoch": epochs - 1, "best_val": None, "s_per_epoch": meter.s_per_iter(),
             "peak_mb": meter.peak_mb(), "memory": meter.memory, **record}
 
@@ -332,7 +335,8 @@ def train_student(args, ds, teacher, device, run_dir, log):
                 teacher if distilling(args) else None, sigma_t,
                 lambda: {**test_structure(student, teacher, ds, args, device),
                          "acc": evaluate(student, ds, args, device)[0]},
-                lambda epoch: save_snapshot(args, run_dir, student, epoch))
+                lambda epoch: save_snapshot(args, run_dir, student, epoch),
+                *student_progress(run_dir, log))
     return student, {**fit, "teacher_structure": structure_t}
 
 

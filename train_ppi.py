@@ -32,12 +32,12 @@ from experiment import (Meter, TeacherOutput, add_distill_args, add_multilabel_a
                         paper_row, require, stack_outputs, structure_metrics,
                         structure_results, teacher_sigma, teacher_structure, total_loss)
 from models import gat_student, gat_teacher, num_params
-from runs import (add_run_args, check_finite, check_weights, given_flags, main_guard, open_run,
-                  parser_for, pick_device, run_rules, save_results, save_snapshot, set_seed,
-                  summarize)
-from teacher import (SAVE_EVERY, add_optimiser_args, add_teacher_args, as_teacher,
-                     load_or_train_teacher, restore_training_state, teacher_provenance,
-                     training_state)
+from runs import (SAVE_EVERY, add_run_args, check_finite, check_weights, given_flags,
+                  main_guard, open_run, parser_for, pick_device, restore_training_state,
+                  run_rules, save_results, save_snapshot, set_seed, student_progress,
+                  summarize, training_state)
+from teacher import (add_optimiser_args, add_teacher_args, as_teacher, load_or_train_teacher,
+                     teacher_provenance)
 
 # NOTE: the paper's LSP is Eq. (3)-(7) with RBF, λ = 100, in every epoch; the official code
 # differs in all of these. Here the paper is the default, and --official sets the official
@@ -145,8 +145,8 @@ def train(model, ds, args, device, log, epochs, seed, outs_t=None, structure=Non
           snapshot=None, resume=None, save_progress=None):
     """Train `model` (the teacher, or with the teacher's outputs outs_t the student) for
     `epochs`, the batch order drawn from `seed`; structure() -> metrics is logged after the
-    epochs of STRUCTURE_EPOCHS, snapshot(epoch) may save the weights. The teacher goes on
-    from a training_state `resume`, and hands one to save_progress every SAVE_EVERY epochs.
+    epochs of STRUCTURE_EPOCHS, snapshot(epoch) may save the weights. An interrupted run goes
+    on from a training_state `resume`; one is handed to save_progress every SAVE_EVERY epochs.
     Returns {best_val, epoch, s_per_iter, peak_mb, memory, structure_by_epoch, ...}, the
     model left holding the weights of its best-validation epoch."""
     regressor = hkd_maps = None
@@ -163,9 +163,11 @@ def train(model, ds, args, device, log, epochs, seed, outs_t=None, structure=Non
     gen = torch.Generator().manual_seed(seed)
     meter, record = Meter(device), {"structure_by_epoch": {}, "sigma_s_by_epoch": []}
     best_val, best_epoch, best_state, start = -1.0, -1, None, 0
-    if resume is not None:  # an interrupted teacher: on from its last saved epoch
-        start = restore_training_state(resume, model, opt, gen)
+    learned = {"regressor": regressor, "hkd_maps": hkd_maps}
+    if resume is not None:  # an interrupted run: on from its last saved epoch
+        start = restore_training_state(resume, model, opt, gen, learned=learned)
         best_val, best_epoch, best_state = resume["best"]
+        record = resume.get("record", record)
     for epoch in range(start, epochs):
         t0 = time.time()
         means = train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t, regressor,
@@ -180,8 +182,8 @@ def train(model, ds, args, device, log, epochs, seed, outs_t=None, structure=Non
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         log_epoch(log, epoch, means, f"val f1 {val:.4f}", t0, structure, record, snapshot)
         if save_progress is not None and (epoch + 1) % SAVE_EVERY == 0 and epoch + 1 < epochs:
-            save_progress(training_state(epoch, model, opt, gen,
-                                         best=(best_val, best_epoch, best_state)))
+            save_progress(training_state(epoch, model, opt, gen, learned=learned,
+                                         best=(best_val, best_epoch, best_state), record=record))
     model.load_state_dict(best_state)
     return {"best_val": best_val, "epoch": best_epoch, "s_per_iter": meter.s_per_iter(),
             "peak_mb": meter.peak_mb(), "memory": meter.memory, **record}
@@ -314,7 +316,8 @@ def train_student(args, ds, teacher, outs_t, device, run_dir, log):
                 outs_t["train"] if distilling(args) else None,
                 lambda: {**test_structure(student, args.lsp_layer_s, ds["test"], outs_t["test"],
                                           device), "test_f1": evaluate(student, ds["test"], device)},
-                lambda epoch: save_snapshot(args, run_dir, student, epoch))
+                lambda epoch: save_snapshot(args, run_dir, student, epoch),
+                *student_progress(run_dir, log))
     return student, {**fit, "teacher_structure": structure_t}
 
 

@@ -347,6 +347,51 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes_exactly(tmp_path):
     assert results[0] == results[1]
 
 
+STUDENT_RESUMES = {  # a student with every kind of state: σ per epoch, a learned module
+    "train_ppi.py": [*PPI_SMALL, "--teacher-epochs", "1", "--epochs", "12", "--lsp",
+                     "--sigma", "auto", "--fitnet"],
+    "train_modelnet.py": ["--data", "synthetic", "--train-per-class", "1", "--test-per-class",
+                          "1", "--num-points", "64", "--batch-size", "8", "--teacher-epochs",
+                          "1", "--epochs", "12", "--lsp", "--sigma", "auto", "--hkd",
+                          "--hkd-k", "4", "--out-dir", "runs"]}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_an_interrupted_student_resumes_exactly(tmp_path, script):
+    """Ctrl-C (PPI) or SIGTERM (ModelNet40: kill, timeout, a cluster's scheduler) after the
+    student's checkpoint at epoch 5; the same command again goes on from it, keeps the first
+    attempt's log, and writes the same results.json, byte for byte, as a run that was never
+    stopped (its structure by epoch and σ per epoch included)."""
+    cmd = [sys.executable, os.path.join(ROOT, script), *STUDENT_RESUMES[script]]
+    (tmp_path / "a").mkdir()
+    proc = subprocess.Popen(cmd, cwd=tmp_path / "a", stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in proc.stdout:
+        if "] epoch 005 |" in line:  # the student's checkpoint after epoch 5 is written
+            proc.send_signal(signal.SIGINT if script == "train_ppi.py" else signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("interrupted: the student's training is saved after epoch 5 in ")
+    (resume,) = (tmp_path / "a" / "runs").rglob("student.resume")
+    resumed = subprocess.run(cmd, cwd=tmp_path / "a", capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming the student's training after epoch 5" in resumed.stdout
+    assert "] epoch 004 |" not in resumed.stdout and "] epoch 005 |" in resumed.stdout
+    assert not resume.exists()
+    log = (resume.parent / "log.txt").read_text()
+    assert log.count("command: ") == 2 and "] epoch 000 |" in log  # the first attempt kept
+    (tmp_path / "b").mkdir()
+    straight = subprocess.run(cmd, cwd=tmp_path / "b", capture_output=True, text=True,
+                              timeout=300)
+    assert straight.returncode == 0, straight.stderr
+    a, b = [next((tmp_path / d / "runs").rglob("results.json")).read_bytes() for d in "ab"]
+    assert a == b
+
+
 def test_modelnet_epoch_line_shows_the_epochs_own_learning_rate(tmp_path):
     p = run("train_modelnet.py", "--dry-run", "--lr", "0.05", "--out-dir", str(tmp_path))
     assert p.returncode == 0, p.stderr
