@@ -72,6 +72,10 @@ def atomic_save(obj, path, as_json=False):
             os.remove(tmp)
         reason = getattr(e, "strerror", None) or f"{str(e).splitlines()[0]} (is the disk full?)"
         sys.exit(f"error: cannot write {path}: {reason}")
+    except BaseException:  # Ctrl-C or SIGTERM while writing: the old file stays as it was
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def check_writable(folder, what):
@@ -190,7 +194,11 @@ def open_run(args, data_name, experiment):
                      "wait for it, or give another --out-dir")
         except OSError:  # a file system without locks (some network ones): run unlocked
             pass
-    if not os.path.exists(os.path.join(run_dir, STUDENT_RESUME)):
+    if os.path.exists(os.path.join(run_dir, STUDENT_RESUME)):  # to be resumed: log kept
+        INTERRUPTED["hint"] = (f"the student's training of an earlier attempt is kept in "
+                               f"{os.path.join(run_dir, STUDENT_RESUME)}; rerun the same "
+                               "command to resume it")
+    else:
         log_file.truncate(0)  # the same command's earlier attempt: replaced, not mixed in
     for name in ("results.json", "cost.json", "student.pt"):
         with contextlib.suppress(FileNotFoundError):
@@ -276,6 +284,7 @@ def save_results(args, run_dir, res, cost, student, fit):
     atomic_save(res, path, as_json=True)
     with contextlib.suppress(FileNotFoundError):  # the run is complete: nothing to resume
         os.remove(os.path.join(run_dir, STUDENT_RESUME))
+    INTERRUPTED["hint"] = f"the run is complete: its results are in {path}"
     return path
 
 
@@ -413,20 +422,43 @@ def restore_training_state(state, model, opt, gen, sched=None, learned=None):
     return state["epoch"] + 1
 
 
-def student_progress(run_dir, log):
+def arch_of(model):
+    """The architecture as {parameter name: shape}: two models match iff their dicts do."""
+    return {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
+def fingerprint(student, teacher):
+    """What a student.resume must have been saved with to be resumed: the student's
+    architecture and the teacher's very weights (a digest of them: a teacher trained again
+    under the same settings, on a GPU say, is another teacher)."""
+    h = hashlib.sha1()
+    for k, v in teacher.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return {"student": arch_of(student), "teacher": h.hexdigest()[:16]}
+
+
+def student_progress(run_dir, log, mark):
     """The student's resumable training, in run_dir/student.resume. -> (resume,
     save_progress): resume is the training_state that an interrupted attempt of the same
     command left there (None if none), for train() to go on from; save_progress(state) writes
-    it atomically every SAVE_EVERY epochs. save_results removes it when the run completes."""
+    it atomically every SAVE_EVERY epochs, with mark (fingerprint()): a student.resume of
+    another student architecture or another teacher stops the run with one line. save_results
+    removes it when the run completes."""
     path = os.path.join(run_dir, STUDENT_RESUME)
     resume = None
     if os.path.exists(path):
         try:
             resume = torch.load(path, map_location="cpu", weights_only=False)
-            epoch = resume["epoch"]
+            epoch, theirs = resume["epoch"], resume["fingerprint"]
         except Exception as e:  # a truncated or foreign file
             sys.exit(f"error: cannot read the student's resumable checkpoint {path} "
                      f"({type(e).__name__}); delete it to train the student from the start")
+        names = {"student": "another student architecture", "teacher": "another teacher"}
+        differ = [names[k] for k in mark if theirs.get(k) != mark[k]]
+        if differ:
+            sys.exit(f"error: {path} was saved with {' and '.join(differ)} than this run's; "
+                     "delete it to train the student from the start")
         log(f"resuming the student's training after epoch {epoch + 1} from {path}")
 
     def saved_after(epoch):  # what Ctrl-C says from now on
@@ -434,7 +466,7 @@ def student_progress(run_dir, log):
                                f"{path}; rerun the same command to resume it")
 
     def save_progress(state):
-        atomic_save(state, path)
+        atomic_save({**state, "fingerprint": mark}, path)
         saved_after(state["epoch"])
 
     if resume is None:

@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from runs import (INTERRUPTED, SAVE_EVERY, TEACHER_OWN, TRAINING, atomic_save,
+from runs import (INTERRUPTED, SAVE_EVERY, TEACHER_OWN, TRAINING, arch_of, atomic_save,
                   check_writable, digest)
 
 try:
@@ -57,11 +57,6 @@ def as_teacher(args):
 
 # ----------------------------------------------------------------------------------------
 # Its checkpoint: read and checked, or trained (resumably) and saved
-
-def arch_of(model):
-    """The architecture as {parameter name: shape}: two models match iff their dicts do."""
-    return {k: list(v.shape) for k, v in model.state_dict().items()}
-
 
 def flag_of(key):
     """The command-line flag that sets a teacher config's key: "lr" -> "--teacher-lr"."""

@@ -29,8 +29,8 @@ from experiment import (TEST_BATCH, Meter, add_distill_args, check_distill_flags
                         structure_results, teacher_output, teacher_sigma, teacher_structure,
                         total_loss)
 from models import STUDENT_VARIANTS, dgcnn_student, dgcnn_teacher, num_params
-from runs import (SAVE_EVERY, add_run_args, check_finite, check_weights, given_flags,
-                  int_list, main_guard, open_run, parser_for, pick_device,
+from runs import (SAVE_EVERY, add_run_args, check_finite, check_weights, fingerprint,
+                  given_flags, int_list, main_guard, open_run, parser_for, pick_device,
                   restore_training_state, run_rules, save_results, save_snapshot, set_seed,
                   student_progress, summarize, training_state)
 from teacher import (add_optimiser_args, add_teacher_args, as_teacher, load_or_train_teacher,
@@ -336,7 +336,7 @@ def train_student(args, ds, teacher, device, run_dir, log):
                 lambda: {**test_structure(student, teacher, ds, args, device),
                          "acc": evaluate(student, ds, args, device)[0]},
                 lambda epoch: save_snapshot(args, run_dir, student, epoch),
-                *student_progress(run_dir, log))
+                *student_progress(run_dir, log, fingerprint(student, teacher)))
     return student, {**fit, "teacher_structure": structure_t}
 
 

@@ -32,10 +32,10 @@ from experiment import (Meter, TeacherOutput, add_distill_args, add_multilabel_a
                         paper_row, require, stack_outputs, structure_metrics,
                         structure_results, teacher_sigma, teacher_structure, total_loss)
 from models import gat_student, gat_teacher, num_params
-from runs import (SAVE_EVERY, add_run_args, check_finite, check_weights, given_flags,
-                  main_guard, open_run, parser_for, pick_device, restore_training_state,
-                  run_rules, save_results, save_snapshot, set_seed, student_progress,
-                  summarize, training_state)
+from runs import (SAVE_EVERY, add_run_args, check_finite, check_weights, fingerprint,
+                  given_flags, main_guard, open_run, parser_for, pick_device,
+                  restore_training_state, run_rules, save_results, save_snapshot, set_seed,
+                  student_progress, summarize, training_state)
 from teacher import (add_optimiser_args, add_teacher_args, as_teacher, load_or_train_teacher,
                      teacher_provenance)
 
@@ -317,7 +317,7 @@ def train_student(args, ds, teacher, outs_t, device, run_dir, log):
                 lambda: {**test_structure(student, args.lsp_layer_s, ds["test"], outs_t["test"],
                                           device), "test_f1": evaluate(student, ds["test"], device)},
                 lambda epoch: save_snapshot(args, run_dir, student, epoch),
-                *student_progress(run_dir, log))
+                *student_progress(run_dir, log, fingerprint(student, teacher)))
     return student, {**fit, "teacher_structure": structure_t}
 
 

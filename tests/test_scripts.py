@@ -13,7 +13,6 @@ import bench
 import experiment
 import lsp_kd
 import runs
-import teacher
 import train_modelnet
 import train_ppi
 from models import DGCNN, gat_student
@@ -95,7 +94,7 @@ def test_cuda_request_without_cuda(tmp_path):
 def test_ppi_teacher_of_another_architecture(tmp_path):
     wrong = gat_student()  # a student where a teacher is expected
     ckpt = tmp_path / "wrong.pt"
-    torch.save({"model": wrong.state_dict(), "arch": teacher.arch_of(wrong), "config": {},
+    torch.save({"model": wrong.state_dict(), "arch": runs.arch_of(wrong), "config": {},
                 "epoch": 0, "best_val": 0.0}, ckpt)
     p = run("train_ppi.py", "--data", "synthetic", "--dry-run", "--teacher-ckpt", str(ckpt),
             "--out-dir", str(tmp_path))
@@ -189,7 +188,7 @@ def test_modelnet_offline_error_is_clear(tmp_path):
 def test_modelnet_teacher_of_another_architecture(tmp_path):
     wrong = DGCNN((8, 8), emb_dim=0, pool="max", mlp=(16,), k=4)
     ckpt = tmp_path / "wrong.pt"
-    torch.save({"model": wrong.state_dict(), "arch": teacher.arch_of(wrong), "config": {},
+    torch.save({"model": wrong.state_dict(), "arch": runs.arch_of(wrong), "config": {},
                 "epoch": 0}, ckpt)
     p = run("train_modelnet.py", "--data", "synthetic", "--dry-run", "--teacher-ckpt",
             str(ckpt), "--out-dir", str(tmp_path))

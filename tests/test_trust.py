@@ -392,6 +392,26 @@ def test_an_interrupted_student_resumes_exactly(tmp_path, script):
     assert a == b
 
 
+def test_a_student_resume_of_another_teacher_or_student_is_refused(tmp_path):
+    """student.resume holds the fingerprint of the student's architecture and the teacher's
+    weights: a run with a retrained teacher, or another student, does not resume from it."""
+    student, teacher = torch.nn.Linear(3, 2), torch.nn.Linear(4, 3)
+    mark = runs.fingerprint(student, teacher)
+    _, save_progress = runs.student_progress(str(tmp_path), print, mark)
+    save_progress({"epoch": 4, "model": student.state_dict()})
+    resume, _ = runs.student_progress(str(tmp_path), print, mark)  # the same run: resumes
+    assert resume["epoch"] == 4
+    with torch.no_grad():
+        teacher.weight[0, 0] += 1e-6  # the same settings, trained again: other weights
+    for other, what in ((runs.fingerprint(student, teacher), "another teacher"),
+                        (runs.fingerprint(torch.nn.Linear(3, 5), torch.nn.Linear(4, 3)),
+                         "another student architecture")):
+        with pytest.raises(SystemExit) as e:
+            runs.student_progress(str(tmp_path), print, other)
+        assert str(e.value).startswith("error: ") and f"was saved with {what}" in str(e.value)
+        assert "delete it to train the student from the start" in str(e.value)
+
+
 def test_modelnet_epoch_line_shows_the_epochs_own_learning_rate(tmp_path):
     p = run("train_modelnet.py", "--dry-run", "--lr", "0.05", "--out-dir", str(tmp_path))
     assert p.returncode == 0, p.stderr
