@@ -62,9 +62,9 @@ def flag_of(key):
     """The command-line flag that sets a teacher config's key: "lr" -> "--teacher-lr"."""
     if key in TEACHER_OWN:
         return "--teacher-" + key.replace("_", "-")
-    return {"data": "the data", "files": "the data files", "model": "the architecture",
-            "experiment": "the experiment"}.get(
-        key, "--" + key.replace("_", "-"))
+    named = {"data": "the data", "files": "the data files", "model": "the architecture",
+             "experiment": "the experiment"}
+    return named.get(key, "--" + key.replace("_", "-"))
 
 
 def read_checkpoint(path, teacher, config):
