@@ -391,6 +391,14 @@ def summarize(out_dir, experiment, keys):
 SAVE_EVERY = 5  # epochs between the resumable checkpoints of a model in training
 
 
+def saved_hint(who, epoch, path, epochs=None):
+    """What Ctrl-C says once who's ("teacher", "student") training is saved in path after
+    `epoch` (counted from 0) of `epochs`."""
+    of = f" of {epochs}" if epochs else ""
+    INTERRUPTED["hint"] = (f"the {who}'s training is saved after epoch {epoch + 1}{of} in "
+                           f"{path}; rerun the same command to resume it")
+
+
 def training_state(epoch, model, opt, gen, sched=None, learned=None, **extra):
     """What train() needs to go on after `epoch` exactly as if it had never stopped: the
     weights (of the model, and of the modules in learned {name: module or None} trained with
@@ -461,17 +469,13 @@ def student_progress(run_dir, log, mark):
                      "delete it to train the student from the start")
         log(f"resuming the student's training after epoch {epoch + 1} from {path}")
 
-    def saved_after(epoch):  # what Ctrl-C says from now on
-        INTERRUPTED["hint"] = (f"the student's training is saved after epoch {epoch + 1} in "
-                               f"{path}; rerun the same command to resume it")
-
     def save_progress(state):
         atomic_save({**state, "fingerprint": mark}, path)
-        saved_after(state["epoch"])
+        saved_hint("student", state["epoch"], path)
 
     if resume is None:
         INTERRUPTED["hint"] = (f"the student had not reached its first checkpoint (every "
                                f"{SAVE_EVERY} epochs): nothing of its training was saved")
     else:
-        saved_after(resume["epoch"])
+        saved_hint("student", epoch, path)
     return resume, save_progress

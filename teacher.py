@@ -17,7 +17,7 @@ import sys
 import torch
 
 from runs import (INTERRUPTED, SAVE_EVERY, TEACHER_OWN, TRAINING, arch_of, atomic_save,
-                  check_writable, digest)
+                  check_writable, digest, saved_hint)
 
 try:
     import fcntl  # the lock while a teacher trains; absent on Windows, where it is not taken
@@ -163,15 +163,11 @@ def train_and_save(teacher, args, config, path, train_teacher, log):
     else:
         log(f"resuming the teacher's training after epoch {resume['epoch'] + 1} of "
             f"{config['epochs']} from {resume_path}")
-        INTERRUPTED["hint"] = (f"the teacher's training is saved after epoch "
-                               f"{resume['epoch'] + 1} of {config['epochs']} in "
-                               f"{resume_path}; rerun the same command to resume it")
+        saved_hint("teacher", resume["epoch"], resume_path, config["epochs"])
 
     def save_progress(state):
         atomic_save({**state, "arch": arch_of(teacher), "config": config}, resume_path)
-        INTERRUPTED["hint"] = (f"the teacher's training is saved after epoch "
-                               f"{state['epoch'] + 1} of {config['epochs']} in "
-                               f"{resume_path}; rerun the same command to resume it")
+        saved_hint("teacher", state["epoch"], resume_path, config["epochs"])
 
     TRAINING["who"] = "teacher"
     fit = train_teacher(resume, save_progress)
