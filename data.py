@@ -171,13 +171,18 @@ def _check_ppi(folder):
     for split in PPI_SPLITS if not problems else ():
         arrays = {}
         for n in ("graph_id", "feats", "labels"):
+            path = folder / f"{split}_{n}.npy"
             try:
-                arrays[n] = np.load(folder / f"{split}_{n}.npy", mmap_mode="r")
+                with open(path, "rb") as f:  # else np.load takes it for a pickle
+                    if f.read(6) != b"\x93NUMPY":
+                        problems.append((path.name, "is not a .npy file (it does not start "
+                                                    "with NumPy's header)"))
+                        continue
+                arrays[n] = np.load(path, mmap_mode="r")
             except (OSError, EOFError) as e:
-                problems.append((f"{split}_{n}.npy", f"cannot be read: {e}"))
-            except ValueError as e:  # its first sentence: the rest is advice on pickles
-                problems.append((f"{split}_{n}.npy", f"cannot be read as numbers: "
-                                                     f"{str(e).split('. ')[0]}"))
+                problems.append((path.name, f"cannot be read: {e}"))
+            except ValueError as e:  # a broken header, Python objects: its first sentence
+                problems.append((path.name, f"cannot be read: {str(e).split('. ')[0]}"))
         if len(arrays) < 3:
             continue
         gid = arrays.pop("graph_id")

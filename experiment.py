@@ -148,10 +148,19 @@ def require(parser, args, *rules):
             parser.error(f"--{dest.replace('_', '-')} must be {must}, got {getattr(args, dest)}")
 
 
+# Each method's own flags (dests): given without the method, they would change nothing.
+METHOD_FLAGS = {"lsp": ("kernel", "lsp_weight", "teacher_first", "sigma", "degree", "c",
+                        "lsp_epochs"),
+                "kd": ("kd_alpha", "kd_T"), "at": ("at_weight",), "fitnet": ("fitnet_weight",),
+                "hkd": ("hkd_weight", "hkd_k", "hkd_layers", "hkd_tau", "hkd_dim",
+                        "hkd_no_centre"),
+                "kd_corr": ("kd_corr_weight",)}
+
+
 def check_distill_flags(parser, args, given):
-    """Refuse a negative λ or weight, HKD settings out of their range, and kernel
-    hyper-parameters that args.kernel would ignore (given: given_flags). Written v >= 0
-    rather than not v < 0, so that nan is refused too."""
+    """Refuse a negative λ or weight, HKD settings out of their range, kernel
+    hyper-parameters that args.kernel would ignore, and a method's flags without the method
+    (given: given_flags). Written v >= 0 rather than not v < 0, so that nan is refused too."""
     require(parser, args, *[(dest, lambda v: v >= 0, ">= 0") for dest in (
                 "lsp_weight", "at_weight", "fitnet_weight", "hkd_weight", "kd_corr_weight")],
             ("kd_alpha", lambda v: 0 <= v <= 1, "in [0, 1]"), ("kd_T", lambda v: v > 0, "> 0"),
@@ -162,6 +171,11 @@ def check_distill_flags(parser, args, given):
     unused = [f"--{k}" for k, kernel in owner.items() if k in given and args.kernel != kernel]
     if unused:
         parser.error(f"{', '.join(unused)} would do nothing with --kernel {args.kernel}")
+    for method, dests in METHOD_FLAGS.items():  # e.g. --sigma auto without --lsp
+        stray = [f"--{d.replace('_', '-')}" for d in dests if d in given]
+        if stray and not getattr(args, method, False):
+            parser.error(f"{', '.join(stray)} would do nothing without "
+                         f"--{method.replace('_', '-')}")
 
 
 def distilling(args):
@@ -350,6 +364,18 @@ def log_structure(log, where, metrics):
         + score)
 
 
+def start_record(structure, log):
+    """What train() records of a run from its first epoch: structure_by_epoch, which holds
+    at 0 the untrained student's structure() (logged "before training"; None: nothing), and
+    sigma_s_by_epoch. Epoch 0 says where the metrics start: both models see the same inputs,
+    so an untrained student's rank correlation is already well above 0."""
+    record = {"structure_by_epoch": {}, "sigma_s_by_epoch": []}
+    if structure is not None:
+        record["structure_by_epoch"][0] = metrics = structure()
+        log_structure(log, "before training", metrics)
+    return record
+
+
 def log_epoch(log, epoch, means, shown, t0, structure, record, snapshot=None):
     """The end of an epoch of train(): its line, "epoch 012 | loss 0.4321 | ... | <shown> |
     1.2s" (means: epoch_means; shown: the script's own column; t0: when the epoch began);
@@ -371,8 +397,8 @@ def log_epoch(log, epoch, means, shown, t0, structure, record, snapshot=None):
 
 def structure_results(structure, fit):
     """The structure entries of a run's results: the metrics at the end (structure), those
-    after the epochs of STRUCTURE_EPOCHS, the student's σ per epoch and the teacher's
-    structure, all but the first from fit (train()'s dict, with teacher_structure)."""
+    before training and after the epochs of STRUCTURE_EPOCHS, the student's σ per epoch and
+    the teacher's structure, all but the first from fit (train()'s dict, with teacher_structure)."""
     return {**structure, "structure_by_epoch": fit["structure_by_epoch"],
             "sigma_s_by_epoch": fit["sigma_s_by_epoch"],
             "teacher_structure": fit["teacher_structure"]}

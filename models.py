@@ -178,9 +178,14 @@ def knn_graph(x, k):
     if not 0 < k <= P:
         raise ValueError(f"k must be in [1, P={P}], got k={k}")
     # ||x_i - x_j||² = ||x_i||² - 2 x_i·x_j + ||x_j||², and ||x_i||² is the same along row i,
-    # so it does not change which j are nearest: rank by ||x_j||² - 2 x_i·x_j, one baddbmm
-    sq = x.pow(2).sum(-1)                                          # (B, P)
-    rank = torch.baddbmm(sq.unsqueeze(1), x, x.transpose(1, 2), alpha=-2)  # (B, P, P)
+    # so it does not change which j are nearest: rank by ||x_j||² - 2 x_i·x_j, one baddbmm;
+    # in float32 also under autocast (--teacher-amp): half-precision distances would pick
+    # many other neighbours than the float32 model's (its half-precision features, after
+    # the first layer, still change a few)
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        sq = x.pow(2).sum(-1)                                      # (B, P)
+        rank = torch.baddbmm(sq.unsqueeze(1), x, x.transpose(1, 2), alpha=-2)  # (B, P, P)
     nbr = rank.topk(k, dim=-1, largest=False).indices              # (B, P, k)
     offset = torch.arange(B, device=x.device).view(B, 1, 1) * P
     src = (nbr + offset).reshape(-1)                               # (B*P*k,) j

@@ -94,33 +94,45 @@ def digest(obj):
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-# What to print on Ctrl-C, kept up to date by the run (see main_guard); the log to write it to.
-INTERRUPTED = {"hint": "nothing of the run was saved", "log": None}
+# What to print on Ctrl-C, kept up to date by the run (see main_guard); the log to write it
+# and the run's error: lines to; the exit status (128 + the signal's number, as shells do).
+NOTHING_SAVED = "nothing of the run was saved"
+INTERRUPTED = {"hint": NOTHING_SAVED, "log": None, "status": 130}
 # The open log.txt of this process's run, which holds its folder's lock (open_run).
 RUN_LOG = {"file": None}
 
 
 def stop(signum, frame):
     """SIGTERM (kill, timeout, a cluster's scheduler) stops a run as Ctrl-C does."""
+    INTERRUPTED["status"] = 128 + signum
     raise KeyboardInterrupt
 
 
 def main_guard(main):
     """Run a script's main(); on Ctrl-C or SIGTERM, one line saying what was kept and how to
-    resume, exit status 130, instead of a KeyboardInterrupt traceback; features that became
-    NaN or inf (found by the structure metrics after an epoch's last step), one line too."""
+    resume, exit status 130 (SIGTERM: 143), instead of a KeyboardInterrupt traceback;
+    features that became NaN or inf (found by the structure metrics after an epoch's last
+    step), one line too. A run's closing error: line goes into its log.txt as well."""
     signal.signal(signal.SIGTERM, stop)
+    INTERRUPTED.update(hint=NOTHING_SAVED, log=None, status=130)
     try:
-        main()
-    except lsp_kd.NonFiniteError as e:  # found by a structure metric, after a diverged step
-        what = str(e).split(":")[0]     # "the student's features contain NaN or inf"
-        sys.exit(diverged(what, of_teacher="teacher" in what))
+        try:
+            main()
+        except lsp_kd.NonFiniteError as e:  # found by a structure metric, after a diverged step
+            what = str(e).split(":")[0]     # "the student's features contain NaN or inf"
+            sys.exit(diverged(what, of_teacher="teacher" in what))
     except KeyboardInterrupt:
         msg = f"interrupted: {INTERRUPTED['hint']}"
         if INTERRUPTED["log"] is not None:
-            INTERRUPTED["log"](msg, to_screen=False)
+            with contextlib.suppress(OSError):  # a full disk: the line on screen still
+                INTERRUPTED["log"](msg, to_screen=False)
         print("\n" + msg, file=sys.stderr)
-        sys.exit(130)
+        sys.exit(INTERRUPTED["status"])
+    except SystemExit as e:
+        if isinstance(e.code, str) and INTERRUPTED["log"] is not None:
+            with contextlib.suppress(OSError):
+                INTERRUPTED["log"](e.code, to_screen=False)
+        raise
 
 
 # The model in training, and the frozen teacher's checkpoint: what a diverged run advises.
@@ -346,9 +358,9 @@ def name_setting(method, runs, groups):
 def summarize(out_dir, experiment, keys):
     """Mean ± std over seeds of the results.json of every run folder under out_dir, one row
     per method and setting (setting: runs that differ in more than their seed are not
-    averaged together); then, per row, the structure metrics after the epochs of
-    STRUCTURE_EPOCHS. Exits with one line when there are none, or when they are another
-    experiment's."""
+    averaged together); then, per row, the structure metrics before training and after
+    the epochs of STRUCTURE_EPOCHS. Exits with one line when there are none, or when they
+    are another experiment's."""
     if not os.path.isdir(out_dir):
         sys.exit(f"error: --summarize {out_dir}: no such folder")
     runs_of = {}
@@ -376,7 +388,8 @@ def summarize(out_dir, experiment, keys):
               + f"   seeds {sorted(r['seed'] for r in runs)}")
     per_epoch = [keys[0], "ls_kl", "ls_kl_auto", "rank_corr"]  # the test score, structure
     for method, runs in runs_of.items():
-        print(f"\n{method}: on the test data after epoch ({len(runs)} seeds)")
+        print(f"\n{method}: on the test data by epoch, 0: before training ({len(runs)} "
+              "seeds)")
         print(f"{'epoch':>5} " + " ".join(f"{k:>21}" for k in per_epoch))
         by_epoch = [r["structure_by_epoch"] for r in runs]
         for epoch in sorted({int(e) for b in by_epoch for e in b}):
@@ -395,8 +408,9 @@ def saved_hint(who, epoch, path, epochs=None):
     """What Ctrl-C says once who's ("teacher", "student") training is saved in path after
     `epoch` (counted from 0) of `epochs`."""
     of = f" of {epochs}" if epochs else ""
-    INTERRUPTED["hint"] = (f"the {who}'s training is saved after epoch {epoch + 1}{of} in "
-                           f"{path}; rerun the same command to resume it")
+    INTERRUPTED["hint"] = (f"the {who}'s training is saved in {path} after {epoch + 1}{of} "
+                           f"epochs (the last: epoch {epoch:03d} in the log); rerun the same "
+                           "command to resume it")
 
 
 def training_state(epoch, model, opt, gen, sched=None, learned=None, **extra):
@@ -467,7 +481,8 @@ def student_progress(run_dir, log, mark):
         if differ:
             sys.exit(f"error: {path} was saved with {' and '.join(differ)} than this run's; "
                      "delete it to train the student from the start")
-        log(f"resuming the student's training after epoch {epoch + 1} from {path}")
+        log(f"resuming the student's training from {path}: {epoch + 1} epochs done, on with "
+            f"epoch {epoch + 1:03d}")
 
     def save_progress(state):
         atomic_save({**state, "fingerprint": mark}, path)

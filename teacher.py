@@ -161,8 +161,8 @@ def train_and_save(teacher, args, config, path, train_teacher, log):
         INTERRUPTED["hint"] = (f"the teacher had not reached its first checkpoint (every "
                                f"{SAVE_EVERY} epochs): nothing was saved")
     else:
-        log(f"resuming the teacher's training after epoch {resume['epoch'] + 1} of "
-            f"{config['epochs']} from {resume_path}")
+        log(f"resuming the teacher's training from {resume_path}: {resume['epoch'] + 1} of "
+            f"{config['epochs']} epochs done, on with epoch {resume['epoch'] + 1:03d}")
         saved_hint("teacher", resume["epoch"], resume_path, config["epochs"])
 
     def save_progress(state):

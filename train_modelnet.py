@@ -25,9 +25,9 @@ import data
 import lsp_kd
 from experiment import (TEST_BATCH, Meter, add_distill_args, check_distill_flags, cost_of,
                         distill_terms, distilling, epoch_means, log_epoch, log_structure,
-                        log_table, method_name, paper_row, require, structure_metrics,
-                        structure_results, teacher_output, teacher_sigma, teacher_structure,
-                        total_loss)
+                        log_table, method_name, paper_row, require, start_record,
+                        structure_metrics, structure_results, teacher_output, teacher_sigma,
+                        teacher_structure, total_loss)
 from models import STUDENT_VARIANTS, dgcnn_student, dgcnn_teacher, num_params
 from runs import (SAVE_EVERY, add_run_args, check_finite, check_weights, fingerprint,
                   given_flags, int_list, main_guard, open_run, parser_for, pick_device,
@@ -141,10 +141,10 @@ def train(model, ds, args, device, log, epochs, seed, teacher=None, sigma_t=None
           structure=None, snapshot=None, resume=None, save_progress=None):
     """SGD with cosine annealing and label smoothing for `epochs`, the batches drawn from
     `seed` (teacher: distil from it, its σ sigma_t under --sigma auto); structure() ->
-    metrics is logged after the epochs of STRUCTURE_EPOCHS, snapshot(epoch) may save the
-    weights. An interrupted run goes on from a training_state `resume`; one is handed to
-    save_progress every SAVE_EVERY epochs. Returns {epoch, best_val, s_per_epoch, peak_mb,
-    memory, structure_by_epoch, ...} of the last epoch."""
+    metrics is logged before the first epoch and after those of STRUCTURE_EPOCHS,
+    snapshot(epoch) may save the weights. An interrupted run goes on from a training_state
+    `resume`; one is handed to save_progress every SAVE_EVERY epochs. Returns {epoch,
+    best_val, s_per_epoch, peak_mb, memory, structure_by_epoch, ...} of the last epoch."""
     # NOTE: the paper gives only SGD, lr 0.1, momentum 0.9 and 250 epochs; here the rest as
     # DGCNN's code (cosine to 1e-3, weight decay 1e-4, label smoothing 0.2, batch 32),
     # because the paper builds on DGCNN.
@@ -160,11 +160,12 @@ def train(model, ds, args, device, log, epochs, seed, teacher=None, sigma_t=None
     opt = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs, eta_min=args.lr_min)
     gen = torch.Generator().manual_seed(seed)
-    meter, record = Meter(device), {"structure_by_epoch": {}, "sigma_s_by_epoch": []}
-    learned, start = {"regressor": regressor, "hkd_maps": hkd_maps}, 0
+    meter, learned, start = Meter(device), {"regressor": regressor, "hkd_maps": hkd_maps}, 0
     if resume is not None:  # an interrupted run: on from its last saved epoch
         start = restore_training_state(resume, model, opt, gen, sched, learned)
-        record = resume.get("record", record)
+        record = resume.get("record") or start_record(None, log)
+    else:
+        record = start_record(structure, log)
     for epoch in range(start, epochs):
         t0 = time.time()
         lr = sched.get_last_lr()[0]  # this epoch's
@@ -199,7 +200,11 @@ def make_parser():
     # teacher
     add_teacher_args(p, "modelnet_teacher", epochs=250, seed=1)
     p.add_argument("--teacher-amp", action="store_true",
-                   help="run the frozen teacher under autocast (CUDA: float16, CPU: bfloat16)")
+                   help="run the frozen teacher under autocast (CUDA: float16, CPU: bfloat16) "
+                        "in training; its kNN distances stay float32, but from the second "
+                        "EdgeConv on its half-precision features change a few neighbours; "
+                        "the probe before training and the structure metrics run it in "
+                        "float32")
     # student (Table 6 variants)
     p.add_argument("--variant", choices=list(STUDENT_VARIANTS), default="base",
                    help="the paper's student or a Table 6 variant")

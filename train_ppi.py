@@ -29,7 +29,7 @@ import lsp_kd
 from experiment import (Meter, TeacherOutput, add_distill_args, add_multilabel_args,
                         check_distill_flags, cost_of, distill_terms, distilling, epoch_means,
                         kernel_kwargs, log_epoch, log_structure, log_table, method_name,
-                        paper_row, require, stack_outputs, structure_metrics,
+                        paper_row, require, stack_outputs, start_record, structure_metrics,
                         structure_results, teacher_sigma, teacher_structure, total_loss)
 from models import gat_student, gat_teacher, num_params
 from runs import (SAVE_EVERY, add_run_args, check_finite, check_weights, fingerprint,
@@ -144,9 +144,10 @@ def train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t=None, regressor=
 def train(model, ds, args, device, log, epochs, seed, outs_t=None, structure=None,
           snapshot=None, resume=None, save_progress=None):
     """Train `model` (the teacher, or with the teacher's outputs outs_t the student) for
-    `epochs`, the batch order drawn from `seed`; structure() -> metrics is logged after the
-    epochs of STRUCTURE_EPOCHS, snapshot(epoch) may save the weights. An interrupted run goes
-    on from a training_state `resume`; one is handed to save_progress every SAVE_EVERY epochs.
+    `epochs`, the batch order drawn from `seed`; structure() -> metrics is logged before the
+    first epoch and after the epochs of STRUCTURE_EPOCHS, snapshot(epoch) may save the
+    weights. An interrupted run goes on from a training_state `resume`; one is handed to
+    save_progress every SAVE_EVERY epochs.
     Returns {best_val, epoch, s_per_iter, peak_mb, memory, structure_by_epoch, ...}, the
     model left holding the weights of its best-validation epoch."""
     regressor = hkd_maps = None
@@ -161,13 +162,14 @@ def train(model, ds, args, device, log, epochs, seed, outs_t=None, structure=Non
                                          for p in learned.parameters()]
     opt = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    meter, record = Meter(device), {"structure_by_epoch": {}, "sigma_s_by_epoch": []}
-    best_val, best_epoch, best_state, start = -1.0, -1, None, 0
+    meter, best_val, best_epoch, best_state, start = Meter(device), -1.0, -1, None, 0
     learned = {"regressor": regressor, "hkd_maps": hkd_maps}
     if resume is not None:  # an interrupted run: on from its last saved epoch
         start = restore_training_state(resume, model, opt, gen, learned=learned)
         best_val, best_epoch, best_state = resume["best"]
-        record = resume.get("record", record)
+        record = resume.get("record") or start_record(None, log)
+    else:
+        record = start_record(structure, log)
     for epoch in range(start, epochs):
         t0 = time.time()
         means = train_epoch(model, ds, args, opt, meter, gen, epoch, outs_t, regressor,
@@ -224,7 +226,7 @@ def make_parser():
                            ("--batch-size", int, 2, "graphs per training batch")])
     # run
     add_run_args(p, out_dir="runs/ppi", dry_run="1 epoch of 1 batch each, on tiny synthetic "
-                 "graphs unless --data ppi is given")
+                 "graphs (--scale 0.03 at most) unless --data ppi is given")
     return p
 
 
@@ -242,12 +244,12 @@ def get_args(argv=None):
                     "the official code's L1 similarity")
         args.lsp = True
         vars(args).update(OFFICIAL)
-    check_distill_flags(p, args, given)
     require(p, args, *run_rules(),
             *[(dest, lambda v: v >= 1, ">= 1 (graphs per batch)")
               for dest in ("batch_size", "teacher_batch_size")],
             ("scale", lambda v: 0 < v <= 1, "in (0, 1]"),
             ("lsp_epochs", lambda v: v is None or v >= 1, ">= 1"))
+    check_distill_flags(p, args, given)
     for flag, model in (("lsp_layer_s", gat_student()), ("lsp_layer_t", gat_teacher())):
         hidden = len(model.layers) - 1  # checked now, not after the teacher has trained
         require(p, args, (flag, lambda v: -hidden <= v < hidden,

@@ -319,11 +319,13 @@ def draw_panel(ax, methods, key, label, scale):
         ax.fill_between(epochs, np.maximum(mean - std, bottom), mean + std, color=colour,
                         alpha=0.15, lw=0)
     ticks = sorted({e for *_, group in methods.values() for res in group for e in by_epoch(res)})
-    ax.set_xscale("log")  # the paper's epochs 1, 5, 10, 20, 50, 100: about evenly spaced
+    # the paper's epochs 1, 5, 10, 20, 50, 100 about evenly spaced on a log scale, and
+    # epoch 0 (before training) one step before 1: linear between 0 and 1
+    ax.set_xscale("symlog", linthresh=1, linscale=0.5)
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_yscale(scale)
-    ax.set(xlabel="epoch (log scale)", ylabel=label)
+    ax.set(xlabel="epoch (log scale; 0: before training)", ylabel=label)
     ax.grid(alpha=0.3)
     if notes:
         ax.text(0.01, 0.01, "\n".join(notes), transform=ax.transAxes, fontsize=8, va="bottom")

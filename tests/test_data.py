@@ -255,9 +255,15 @@ PPI_BAD = {  # case: (file, mutation, what the first line says after the file's 
                     "has shape (6, 121), expected (7, 121)"),
     "float graph ids": ("valid_graph_id.npy", edit_npy("valid_graph_id.npy", lambda a: a * 1.0),
                         "holds float64 of shape (7,), expected integers"),
-    "empty file": ("train_feats.npy", write_bytes("train_feats.npy", b""), "cannot be read:"),
+    "empty file": ("train_feats.npy", write_bytes("train_feats.npy", b""),
+                   "is not a .npy file (it does not start with NumPy's header)"),
     "not an array": ("valid_graph_id.npy", write_bytes("valid_graph_id.npy", b"x" * 99),
-                     "cannot be read as numbers: This file contains pickled (object) data."),
+                     "is not a .npy file"),
+    "truncated": ("train_feats.npy", write_bytes("train_feats.npy", b"\x93NUMPY\x01\x00"),
+                  "cannot be read: "),
+    "object array": ("test_labels.npy", lambda folder: np.save(
+        folder / "test_labels.npy", np.array([{"a": 1}] * 7), allow_pickle=True),
+        "cannot be read: "),
 }
 
 

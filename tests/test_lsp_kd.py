@@ -347,6 +347,10 @@ def test_lsp_errors(loss_fn):
     with pytest.raises(ValueError) as err:
         local_structure(f_s, edge_index, kernel="gaussian")
     assert all(name in str(err.value) for name in KERNELS)
+    for sigma in (0.0, -1.0, float("nan"), "1", "median"):  # not a silent NaN, nor a TypeError
+        with pytest.raises(ValueError, match="sigma must be a number > 0 or 'auto'"):
+            loss_fn(f_s, f_t, edge_index, sigma=sigma)
+    assert loss_fn(f_s, f_t, edge_index, sigma=torch.tensor(2.0)) >= 0  # a tensor σ is fine
 
 
 N_ERR = 6                                                 # nodes of the error cases
@@ -469,6 +473,16 @@ def test_union_graph_empty_inputs():
     a = torch.tensor([[2, 0, 2, 1], [1, 1, 1, 0]])
     for out in (union_graph(a, empty), union_graph(empty, a), union_graph(a, empty, 3)):
         assert list(map(tuple, out.t().tolist())) == [(1, 0), (0, 1), (2, 1)]
+
+
+def test_union_graph_int32_many_nodes():
+    # i * N + j overflows int32 beyond N = 46341: the ids are widened first
+    N = 70_000
+    a = torch.tensor([[1, N - 1], [N - 2, N - 1]], dtype=torch.int32)
+    b = torch.tensor([[N - 3, 0], [N - 1, N - 2]], dtype=torch.int32)
+    out = union_graph(a, b, N)
+    assert out.dtype == torch.int64 and torch.equal(out, union_graph(a.long(), b.long(), N))
+    assert list(map(tuple, out.t().tolist())) == union_ref(a.long(), b.long())
 
 
 def test_union_graph_bad_shape_raises():
@@ -735,6 +749,12 @@ def test_kl_from_uniform_matches_loop():
     assert got.max() > 1e-2                                  # this structure is not uniform
     uniform = log_local_structure(torch.zeros(12, 8), edge_index, "rbf")  # all SIM equal
     assert kl_from_uniform(uniform, edge_index, 12).abs().max() < 1e-6
+    default = torch.get_default_dtype()
+    try:  # a float64 default dtype changes nothing
+        torch.set_default_dtype(torch.float64)
+        assert torch.allclose(kl_from_uniform(log_ls, edge_index, 12), got)
+    finally:
+        torch.set_default_dtype(default)
 
 
 def test_kernel_saturation():
@@ -746,6 +766,9 @@ def test_kernel_saturation():
     assert kernel_saturation(100 * feat, edge_index, "rbf") == 1.0   # exp(-huge) = 0
     assert kernel_saturation(100 * feat, edge_index, "rbf", sigma="auto") == 0.0
     assert kernel_saturation(feat, torch.tensor([[3], [3]]), "rbf") == 0.0  # a self-loop
+    for ei in (edge_index, torch.tensor([[3], [3]])):
+        with pytest.raises(ValueError, match="sigma must be"):
+            kernel_saturation(feat, ei, "rbf", sigma=0.0)
 
 
 def ref_rank_correlation(feat_s, feat_t, edge_index, min_neighbours=3):
@@ -804,6 +827,18 @@ def test_neighbour_rank_correlation_scaled_teacher_and_random():
     assert np.nanmin(same) == pytest.approx(1.0)
     unrelated = neighbour_rank_correlation(features(300, 16, 1.0, seed=81), f_t, edge_index)
     assert abs(np.nanmean(unrelated.numpy())) < 0.05
+
+
+def test_rank_correlation_of_unrelated_features_on_a_union_of_knn_graphs():
+    # ModelNet40's graph holds each model's own nearest neighbours of i, so unrelated
+    # features score below 0 there (the docstring's -0.3: 64 points, k = 10 and 20)
+    from lsp_kd import neighbour_rank_correlation
+    from models import knn_graph
+    g = torch.Generator().manual_seed(0)
+    f_s, f_t = torch.randn(16, 64, 32, generator=g), torch.randn(16, 64, 64, generator=g)
+    edge_index = union_graph(knn_graph(f_s, 10), knn_graph(f_t, 20), 16 * 64)
+    rho = neighbour_rank_correlation(f_s.view(-1, 32), f_t.view(-1, 64), edge_index)
+    assert -0.4 < rho.nanmean().item() < -0.25
 
 
 def test_readme_shows_the_current_lsp_loss():

@@ -280,6 +280,15 @@ def test_knn_graph_matches_kdtree(dtype, F_dim, k):
     check_knn_against_kdtree(x, k, tol=0.0 if dtype == torch.float64 else 1e-4)
 
 
+def test_knn_graph_ignores_autocast():
+    # --teacher-amp runs the frozen teacher under autocast: its neighbours must still be the
+    # float32 ones it was trained with (bfloat16 distances pick others for most points)
+    x = torch.randn(2, 256, 16, generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = knn_graph(x, 20)
+    assert torch.equal(amp, knn_graph(x, 20))
+
+
 def test_knn_graph_k_equals_p_and_errors():
     x = torch.randn(2, 6, 3)
     edge_index = knn_graph(x, 6)                             # every point of its cloud

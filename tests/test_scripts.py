@@ -135,7 +135,8 @@ def test_micro_f1_hand_computed():
 # ModelNet40
 
 @pytest.mark.parametrize("flags", [[], ["--lsp"], ["--kd"], ["--at", "--fitnet"],
-                                   ["--lsp", "--kernel", "linear", "--variant", "layers"]])
+                                   ["--lsp", "--kernel", "linear", "--variant", "layers"],
+                                   ["--lsp", "--kd", "--teacher-amp"]])
 def test_modelnet_dry_run(tmp_path, flags):
     p = run("train_modelnet.py", "--data", "synthetic", "--dry-run", "--out-dir",
             str(tmp_path), *flags)
@@ -358,8 +359,8 @@ def test_inert_lsp_warns_and_sigma_auto_does_not(tmp_path, script, dead_sigma):
     warnings = [line for line in dead.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "rbf" in warnings[0] and "--sigma auto" in warnings[0]
     assert "Student_Full" in warnings[0] and "Traceback" not in dead.stderr
-    _, res = results(tmp_path / "dead")
-    assert res["teacher_structure"]["kl_from_uniform"] < 1e-4
+    _, dead_res = results(tmp_path / "dead")
+    assert dead_res["teacher_structure"]["kl_from_uniform"] < 1e-4
 
     alive = run(script, "--data", "synthetic", "--dry-run", "--lsp", "--sigma", "auto",
                 "--out-dir", str(tmp_path / "alive"))
@@ -376,11 +377,15 @@ def test_inert_lsp_warns_and_sigma_auto_does_not(tmp_path, script, dead_sigma):
     for metrics in (res, res["structure_by_epoch"]["1"]):
         assert metrics["ls_kl"] >= 0 and metrics["ls_kl_auto"] > 0
         assert -1 <= metrics["rank_corr"] <= 1
+    # and before training: the untrained student, the same for every method of a seed
+    assert res["structure_by_epoch"]["0"] == dead_res["structure_by_epoch"]["0"]
+    assert res["structure_by_epoch"]["0"] != res["structure_by_epoch"]["1"]
+    assert "] before training: KL to the teacher σ = 1" in alive.stdout
     ckpt = torch.load(os.path.join(run_dir, "student.pt"), weights_only=False)
     assert set(ckpt) >= {"model", "args", "epoch"}
     summary = run(script, "--summarize", str(tmp_path / "alive"))
     assert summary.returncode == 0, summary.stderr
-    assert "rank_corr" in summary.stdout and "after epoch" in summary.stdout
+    assert "rank_corr" in summary.stdout and "by epoch, 0: before training" in summary.stdout
 
 
 def test_sigma_flag_refuses_nonsense(tmp_path):

@@ -76,6 +76,14 @@ BAD_FLAGS = [  # (script, flags, what the error line says); both scripts where N
     (None, ["--kd", "--kd-alpha", "2"], "--kd-alpha must be in [0, 1]"),
     (None, ["--save-epochs", "2"], "--save-epochs must be epochs in [1, --epochs = 1]"),
     (None, ["--teacher-ckpt", os.sep], "is a folder"),
+    # a method's flags without the method would silently train without it
+    (None, ["--sigma", "auto"], "--sigma would do nothing without --lsp"),
+    (None, ["--kernel", "l2", "--lsp-weight", "5"],
+     "--kernel, --lsp-weight would do nothing without --lsp"),
+    (None, ["--kd-T", "2"], "--kd-T would do nothing without --kd"),
+    (None, ["--hkd-k", "4"], "--hkd-k would do nothing without --hkd"),
+    ("train_ppi.py", ["--kd-corr-weight", "2"], "--kd-corr-weight would do nothing without "
+     "--kd-corr"),
     # an epoch's last step that diverges: found at the end of the epoch, not a traceback
     (None, ["--lr", "1e30"], "error: the student's training diverged"),
     (None, ["--lr", "1e30"], "Try a smaller --lr or distillation weight"),
@@ -93,6 +101,8 @@ def test_bad_flags_end_in_one_error_line(tmp_path, script, flags, message):
     p = run(script, "--dry-run", "--out-dir", str(tmp_path / "out"), *flags)
     assert_one_error_line(p, message)
     assert not list((tmp_path / "out").rglob("results.json"))
+    for log in (tmp_path / "out").rglob("log.txt"):  # a run folder: the line ends its log too
+        assert log.read_text().splitlines()[-1].endswith(p.stderr.strip())
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -331,7 +341,8 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes_exactly(tmp_path):
     resumed = subprocess.run(cmd, cwd=tmp_path / "a", capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming the teacher's training after epoch" in resumed.stdout
+    assert "resuming the teacher's training from " in resumed.stdout
+    assert "epochs done, on with epoch " in resumed.stdout
     assert "teacher epoch 000" not in resumed.stdout  # on from its checkpoint, not from 0
     assert not resume.exists()
     (tmp_path / "b").mkdir()
@@ -372,14 +383,15 @@ def test_an_interrupted_student_resumes_exactly(tmp_path, script):
             proc.send_signal(signal.SIGINT if script == "train_ppi.py" else signal.SIGTERM)
             break
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == (130 if script == "train_ppi.py" else 143), err  # 128 + signal
     (line,) = err.strip().splitlines()
-    assert line.startswith("interrupted: the student's training is saved after epoch 5 in ")
+    assert line.startswith("interrupted: the student's training is saved in ")
+    assert "student.resume after 5 epochs (the last: epoch 004 in the log); rerun" in line
     (resume,) = (tmp_path / "a" / "runs").rglob("student.resume")
     resumed = subprocess.run(cmd, cwd=tmp_path / "a", capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming the student's training after epoch 5" in resumed.stdout
+    assert "student.resume: 5 epochs done, on with epoch 005" in resumed.stdout
     assert "] epoch 004 |" not in resumed.stdout and "] epoch 005 |" in resumed.stdout
     assert not resume.exists()
     log = (resume.parent / "log.txt").read_text()

@@ -218,14 +218,15 @@ def test_mean_std_by_epoch():
     a non-finite value left out and counted."""
     import visualize
     runs = [{"experiment": "modelnet", "args": {"epochs": 15}, "rank_corr": r15,
-             "structure_by_epoch": {"1": {"rank_corr": r1}, "5": {"rank_corr": r5}}}
+             "structure_by_epoch": {"0": {"rank_corr": 0.1}, "1": {"rank_corr": r1},
+                                    "5": {"rank_corr": r5}}}
             for r1, r5, r15 in ((0.2, 0.4, 0.5), (0.4, float("nan"), 0.7))]
     epochs, mean, std, bad = visualize.mean_std_by_epoch(runs, "rank_corr")
-    assert epochs.tolist() == [1, 5, 15] and bad == 1
-    assert mean.tolist() == pytest.approx([0.3, 0.4, 0.6]) and std.tolist() == pytest.approx(
-        [0.1, 0.0, 0.1])
+    assert epochs.tolist() == [0, 1, 5, 15] and bad == 1  # 0: before training
+    assert mean.tolist() == pytest.approx([0.1, 0.3, 0.4, 0.6])
+    assert std.tolist() == pytest.approx([0.0, 0.1, 0.0, 0.1])
     ppi = [{**run, "experiment": "ppi"} for run in runs]  # PPI's results: best-validation epoch
-    assert visualize.mean_std_by_epoch(ppi, "rank_corr")[0].tolist() == [1, 5]
+    assert visualize.mean_std_by_epoch(ppi, "rank_corr")[0].tolist() == [0, 1, 5]
 
 
 def test_a_run_found_twice_counts_once(runs):
