@@ -263,6 +263,9 @@ def get_args(argv=None):
             args.train_per_class, args.test_per_class = 1, 1
             args.num_points = min(args.num_points, 128)
     check_distill_flags(p, args, given)
+    if args.teacher_amp and not distilling(args):  # the metrics run the teacher in float32
+        p.error("--teacher-amp would do nothing without a distillation method (--lsp, --kd, "
+                "--at, --fitnet, --hkd)")
     require(p, args, ("k_s", lambda v: 0 < v < args.num_points,
                       f"in [1, --num-points = {args.num_points})"),
             ("save_epochs", lambda v: all(1 <= e <= args.epochs for e in v),

@@ -84,6 +84,8 @@ BAD_FLAGS = [  # (script, flags, what the error line says); both scripts where N
     (None, ["--hkd-k", "4"], "--hkd-k would do nothing without --hkd"),
     ("train_ppi.py", ["--kd-corr-weight", "2"], "--kd-corr-weight would do nothing without "
      "--kd-corr"),
+    ("train_modelnet.py", ["--teacher-amp"], "--teacher-amp would do nothing without a "
+     "distillation method"),
     # an epoch's last step that diverges: found at the end of the epoch, not a traceback
     (None, ["--lr", "1e30"], "error: the student's training diverged"),
     (None, ["--lr", "1e30"], "Try a smaller --lr or distillation weight"),
