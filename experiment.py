@@ -398,7 +398,8 @@ def log_epoch(log, epoch, means, shown, t0, structure, record, snapshot=None):
 def structure_results(structure, fit):
     """The structure entries of a run's results: the metrics at the end (structure), those
     before training and after the epochs of STRUCTURE_EPOCHS, the student's σ per epoch and
-    the teacher's structure, all but the first from fit (train()'s dict, with teacher_structure)."""
+    the teacher's structure, all but the first from fit (train()'s dict, with
+    teacher_structure)."""
     return {**structure, "structure_by_epoch": fit["structure_by_epoch"],
             "sigma_s_by_epoch": fit["sigma_s_by_epoch"],
             "teacher_structure": fit["teacher_structure"]}

@@ -180,8 +180,8 @@ def knn_graph(x, k):
     # ||x_i - x_j||² = ||x_i||² - 2 x_i·x_j + ||x_j||², and ||x_i||² is the same along row i,
     # so it does not change which j are nearest: rank by ||x_j||² - 2 x_i·x_j, one baddbmm;
     # in float32 also under autocast (--teacher-amp): half-precision distances would pick
-    # many other neighbours than the float32 model's (its half-precision features, after
-    # the first layer, still change a few)
+    # many neighbours other than the float32 model's (after the first layer, its
+    # half-precision features still change a few)
     with torch.autocast(x.device.type, enabled=False):
         x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         sq = x.pow(2).sum(-1)                                      # (B, P)
