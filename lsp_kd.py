@@ -52,7 +52,8 @@ def lsp_loss(feat_s, feat_t, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0.
     With the paper's σ = 1, once neighbours lie more than about 6 apart (unit-scale features
     of width 16 or more already do), SIM < 1e-8 on every edge: both structures are uniform,
     and the loss and its gradient vanish. Pass sigma="auto" then: each model's own
-    median-heuristic σ, the median of ||z_i - z_j|| over the edges (not in the paper).
+    median-heuristic σ, the median of ||z_i - z_j|| over the edges j ≠ i (not in the paper;
+    one σ for all the graphs given, a constant for the gradient).
     Args:
         feat_s: (N, F_s) student features; gradients flow into them.
         feat_t: (N, F_t) teacher features; F_t may differ from F_s; never receives gradient.
@@ -98,8 +99,9 @@ def lsp_loss(feat_s, feat_t, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0.
         else:
             dist2 = (z_i - z_j).pow(2).sum(-1)                # ||z_i - z_j||², (E,)
             s = sigma
-            if sigma == "auto":  # NOTE: not the paper's: σ = median ||z_i - z_j|| (> 0)
-                s = dist2.detach().median().sqrt().clamp_min(1e-12) if len(dist2) else 1.0
+            if sigma == "auto":  # NOTE: not the paper's: σ = median ||z_i - z_j||, j ≠ i
+                d2 = dist2.detach()[src != dst]               # self-loops: 0 at any scale
+                s = d2.median().sqrt().clamp_min(1e-12) if len(d2) else 1.0
             sim = dist2 if kernel == "l2" else torch.exp(-dist2 / (2 * s ** 2))
         # 2. Eq. (3): softmax of SIM over the incoming edges of each centre i, in logs; the
         #    group's max is subtracted so that exp() stays finite
@@ -283,14 +285,15 @@ def log_local_structure(feat, edge_index, kernel="rbf", num_nodes=None, **kernel
 
 def rbf_log_local_structure(feat, edge_index, sigma=1.0, num_nodes=None):
     """log LS_ij of Eq. (3) with the RBF kernel of Eq. (8), and the σ it used: with
-    sigma="auto" the median over the edges of ||z_i - z_j|| (median_sigma), taken from the
-    same squared distances, so that it costs one median more. -> ((E,), σ as a float)."""
+    sigma="auto" the median over the edges j ≠ i of ||z_i - z_j|| (median_sigma), taken
+    from the same squared distances, so that it costs one median more. -> ((E,), σ as a
+    float)."""
     feat, N = _checked(feat, edge_index, num_nodes)
     if sigma != "auto":
         _check_sigma(sigma)
     dist2 = per_edge(_squared_distance, feat, edge_index)    # ||z_i - z_j||², (E,)
     if sigma == "auto":  # NOTE: not the paper's σ = 1; see lsp_loss
-        sigma = _median_sigma(dist2)
+        sigma = _median_sigma(dist2, edge_index)
     sim = torch.exp(-dist2 / (2 * sigma ** 2))                # SIM, Eq. (8): (E,)
     return _grouped_log_softmax(sim, edge_index[1], N), sigma
 
@@ -347,18 +350,23 @@ def lsp_loss_fast(feat_s, feat_t, edge_index, kernel="rbf", num_nodes=None,
 # ----------------------------------------------------------------------------------------
 # Is the LSP term alive? Diagnostics, and a structure metric that cannot saturate
 
-def _median_sigma(dist2):
-    """σ = the median of ||z_i - z_j|| from the squared distances (E,) (the lower median for
-    an even count, as torch.median; median of d² = (median d)²), at least 1e-12; 1 for E = 0."""
-    return max(dist2.detach().median().sqrt().item(), 1e-12) if dist2.numel() else 1.0
+def _median_sigma(dist2, edge_index):
+    """σ = the median of ||z_i - z_j|| over the edges j ≠ i from the squared distances (E,)
+    (the lower median for an even count, as torch.median; median of d² = (median d)²), at
+    least 1e-12; 1 without such edges. Self-loops are left out: their distance is 0 whatever
+    the features' scale, and where they are half the edges (a chain or a kNN graph with
+    k = 1, plus loops) they would make σ ~0 and the loss 0."""
+    dist2 = dist2.detach()[edge_index[0] != edge_index[1]]
+    return max(dist2.median().sqrt().item(), 1e-12) if dist2.numel() else 1.0
 
 
 @torch.no_grad()
 def median_sigma(feat, edge_index):
-    """The median heuristic for an RBF bandwidth: the median over the edges of ||z_i - z_j||
-    (the lower median for an even count, as torch.median), at least 1e-12. A float."""
+    """The median heuristic for an RBF bandwidth: the median over the edges j ≠ i of
+    ||z_i - z_j|| (the lower median for an even count, as torch.median), at least 1e-12; 1
+    for a graph of self-loops alone. A float."""
     feat, _ = _checked(feat, edge_index, None)
-    return _median_sigma(per_edge(_squared_distance, feat, edge_index))
+    return _median_sigma(per_edge(_squared_distance, feat, edge_index), edge_index)
 
 
 def kl_from_uniform(log_ls, edge_index, num_nodes):

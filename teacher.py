@@ -16,8 +16,8 @@ import sys
 
 import torch
 
-from runs import (INTERRUPTED, SAVE_EVERY, TEACHER_OWN, TRAINING, arch_of, atomic_save,
-                  check_writable, digest, saved_hint)
+from runs import (INTERRUPTED, NOTHING_SAVED, SAVE_EVERY, TEACHER_OWN, TRAINING, arch_of,
+                  atomic_save, check_writable, digest, saved_hint)
 
 try:
     import fcntl  # the lock while a teacher trains; absent on Windows, where it is not taken
@@ -108,6 +108,7 @@ def load_or_train_teacher(teacher, args, config, name, train_teacher, describe, 
     if os.path.isdir(path):
         sys.exit(f"error: --teacher-ckpt {path} is a folder; give a file name")
     TRAINING["teacher_ckpt"] = path
+    kept = INTERRUPTED["hint"]  # a student's earlier attempt, to be resumed (runs.open_run)
     ckpt, how = None, "loaded from"
     if not os.path.exists(path):
         check_writable(os.path.dirname(os.path.abspath(path)), "the teacher's checkpoint")
@@ -118,8 +119,8 @@ def load_or_train_teacher(teacher, args, config, name, train_teacher, describe, 
     if ckpt is None:
         ckpt = read_checkpoint(path, teacher, config)
         teacher.load_state_dict(ckpt["model"])
-    INTERRUPTED["hint"] = (f"the teacher is saved in {path}; rerun the same command to go "
-                           "on from it")
+    INTERRUPTED["hint"] = (kept if kept != NOTHING_SAVED else f"the teacher is saved in "
+                           f"{path}; rerun the same command to go on from it")
     log(f"teacher {how} {path}: {config['epochs']} epochs, seed {config['seed']}, "
         f"{describe(ckpt)}")
     teacher.eval().requires_grad_(False)

@@ -727,11 +727,30 @@ def test_median_sigma_matches_numpy():
         edge_index = random_graph(50, E, seed=E)
         feat = features(50, 7, 2.0, seed=E, dtype=torch.float32)
         src, dst = edge_index.numpy()
+        assert (src == dst).any()                           # self-loops: left out
         dist = np.linalg.norm(feat.numpy()[dst].astype(np.float64)
-                              - feat.numpy()[src].astype(np.float64), axis=1)
+                              - feat.numpy()[src].astype(np.float64), axis=1)[src != dst]
         want = np.percentile(dist, 50, method="lower")    # torch.median's lower median
         assert math.isclose(median_sigma(feat, edge_index), want, rel_tol=1e-5)
     assert median_sigma(feat, torch.zeros(2, 0, dtype=torch.long)) == 1.0
+    assert median_sigma(feat, torch.arange(50).repeat(2, 1)) == 1.0  # self-loops alone
+
+
+def test_sigma_auto_is_not_silenced_by_self_loops():
+    """A ring with a self-loop at every node (as PyG's add_self_loops makes): half the edges
+    have distance 0. Their median would make σ ~0, every centre's structure all on its loop,
+    and the loss 0; σ from the edges j ≠ i keeps it alive, the same in both functions."""
+    N = 50
+    ring = torch.stack([torch.arange(N), (torch.arange(N) + 1) % N])
+    edge_index = torch.cat([ring, torch.arange(N).repeat(2, 1)], 1)
+    f_s = features(N, 8, 1.0, seed=80).requires_grad_()
+    f_t = features(N, 8, 1.0, seed=81)
+    for loss_fn in (lsp_loss, lsp_loss_fast):
+        loss = loss_fn(f_s, f_t, edge_index, "rbf", sigma="auto")
+        grad, = torch.autograd.grad(loss, f_s)
+        assert loss.item() > 1e-3 and grad.norm() > 1e-4
+    assert lsp_loss(f_s, f_t, edge_index, sigma="auto").item() == pytest.approx(
+        lsp_loss_fast(f_s, f_t, edge_index, sigma="auto").item(), rel=1e-5)
 
 
 def test_kl_from_uniform_matches_loop():

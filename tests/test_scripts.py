@@ -203,6 +203,10 @@ def test_accuracy_and_mean_class_accuracy():
     assert acc == pytest.approx(4 / 6)
     # classes present: 0 (1 of 2), 1 (1 of 2), 2 (2 of 2); classes 3, 4 absent
     assert macc == pytest.approx((0.5 + 0.5 + 1.0) / 3)
+    # exact fractions, not float32 means: 133 of 160 is 0.83125, as are its class means
+    labels = torch.zeros(160, dtype=torch.long)
+    pred = (torch.arange(160) >= 133).long()
+    assert train_modelnet.accuracy(pred, labels, num_classes=2) == (133 / 160, 133 / 160)
 
 
 # ----------------------------------------------------------------------------------------

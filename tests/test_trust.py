@@ -390,6 +390,16 @@ def test_an_interrupted_student_resumes_exactly(tmp_path, script):
     assert line.startswith("interrupted: the student's training is saved in ")
     assert "student.resume after 5 epochs (the last: epoch 004 in the log); rerun" in line
     (resume,) = (tmp_path / "a" / "runs").rglob("student.resume")
+    # stopped again once the teacher is loaded: the line still names the student's progress
+    proc = subprocess.Popen(cmd, cwd=tmp_path / "a", stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in proc.stdout:
+        if "teacher loaded from" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "student.resume" in err, err
     resumed = subprocess.run(cmd, cwd=tmp_path / "a", capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr
@@ -397,7 +407,7 @@ def test_an_interrupted_student_resumes_exactly(tmp_path, script):
     assert "] epoch 004 |" not in resumed.stdout and "] epoch 005 |" in resumed.stdout
     assert not resume.exists()
     log = (resume.parent / "log.txt").read_text()
-    assert log.count("command: ") == 2 and "] epoch 000 |" in log  # the first attempt kept
+    assert log.count("command: ") == 3 and "] epoch 000 |" in log  # the attempts kept
     (tmp_path / "b").mkdir()
     straight = subprocess.run(cmd, cwd=tmp_path / "b", capture_output=True, text=True,
                               timeout=300)
