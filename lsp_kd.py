@@ -354,8 +354,8 @@ def _median_sigma(dist2, edge_index):
     """σ = the median of ||z_i - z_j|| over the edges j ≠ i from the squared distances (E,)
     (the lower median for an even count, as torch.median; median of d² = (median d)²), at
     least 1e-12; 1 without such edges. Self-loops are left out: their distance is 0 whatever
-    the features' scale, and where they are half the edges (a chain or a kNN graph with
-    k = 1, plus loops) they would make σ ~0 and the loss 0."""
+    the features' scale, and where they are half the edges or more (a ring or a chain with a
+    loop at every node) they would make σ ~0 and the loss 0."""
     dist2 = dist2.detach()[edge_index[0] != edge_index[1]]
     return max(dist2.median().sqrt().item(), 1e-12) if dist2.numel() else 1.0
 
@@ -660,11 +660,15 @@ def label_correlation_loss(logits_s, logits_t):
 
     Args: logits_s, logits_t: (N, C) per-label logits of the same N nodes, C >= 2.
     Returns: a scalar >= 0 (float32 for half-precision input), 0 when the matrices agree;
-    no gradient reaches logits_t.
+    no gradient reaches logits_t. Raises ValueError for malformed input, and for NaN or inf
+    in the logits (a diverged model).
     """
     if logits_s.shape != logits_t.shape or logits_s.dim() != 2 or logits_s.size(1) < 2:
         raise ValueError(f"logits_s and logits_t must have the same shape (N, C), C >= 2, "
                          f"got {tuple(logits_s.shape)} and {tuple(logits_t.shape)}")
+    for z, who in ((logits_s, "student"), (logits_t, "teacher")):
+        if not torch.isfinite(z).all():
+            raise ValueError(f"the {who}'s logits contain NaN or inf: has it diverged?")
     C = logits_s.size(1)
 
     def conditional(z):        # P(L_j | L_i) and 1 - P(L_j | L_i) as [i, j], (C, C) each

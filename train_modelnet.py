@@ -46,8 +46,8 @@ def accuracy(pred, labels, num_classes):
     """Overall accuracy and mean class accuracy over the classes present in `labels`."""
     # NOTE: the paper's mAcc is over all 40 classes; here over the classes present in the
     # test set, because a small or synthetic test set may miss some (the real one has all).
-    # counted in integers, as micro_f1 in train_ppi.py: a float32 mean would print 133 of 160
-    # as 83.13 and its mean class accuracy 83.12
+    # counted in integers, as micro_f1 in train_ppi.py: exact fractions (a float32 mean is
+    # off in the 8th digit, enough to round one run's Acc and mAcc differently)
     acc = (pred == labels).sum().item() / len(labels)
     per_class = [(pred[labels == c] == c).sum().item() / (labels == c).sum().item()
                  for c in range(num_classes) if (labels == c).any()]

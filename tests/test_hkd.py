@@ -269,6 +269,11 @@ def test_label_correlation_errors():
     for a, b in ((z[:5], z), (torch.randn(6, 3), z), (z[:, :1], z[:, :1]), (z[0], z[0])):
         with pytest.raises(ValueError, match="same shape"):
             label_correlation_loss(a, b)
+    for bad in (float("nan"), float("inf")):  # as lsp_loss and hkd_loss: not a NaN loss
+        with pytest.raises(ValueError, match="student's logits contain NaN or inf"):
+            label_correlation_loss(z * bad, z)
+        with pytest.raises(ValueError, match="teacher's logits contain NaN or inf"):
+            label_correlation_loss(z, torch.full_like(z, bad))
 
 
 @pytest.mark.parametrize("name", ["hkd_loss", "label_correlation_loss"])

@@ -774,6 +774,15 @@ def test_kl_from_uniform_matches_loop():
         assert torch.allclose(kl_from_uniform(log_ls, edge_index, 12), got)
     finally:
         torch.set_default_dtype(default)
+    # the README's way with lsp_loss alone: a student of equal features has uniform LS_i, so
+    # KL(LS^t || LS^s) is the mean KL from uniform (the mean over all N, as here)
+    for sigma in (1.0, "auto"):
+        log_ls = log_local_structure(feat, edge_index, "rbf", sigma=sigma)
+        alone = lsp_loss(torch.zeros_like(feat), feat, edge_index, sigma=sigma,
+                         teacher_first=True)
+        assert alone.item() > 1e-3
+        assert alone.item() == pytest.approx(kl_from_uniform(log_ls, edge_index, 12).mean()
+                                             .item(), rel=1e-5)
 
 
 def test_kernel_saturation():
