@@ -53,7 +53,7 @@ def lsp_loss(feat_s, feat_t, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0.
     of width 16 or more already do), SIM < 1e-8 on every edge: both structures are uniform,
     and the loss and its gradient vanish. Pass sigma="auto" then: each model's own
     median-heuristic σ, the median of ||z_i - z_j|| over the edges j ≠ i (not in the paper;
-    one σ for all the graphs given, a constant for the gradient).
+    one σ per model over all the graphs batched in edge_index, a constant for the gradient).
     Args:
         feat_s: (N, F_s) student features; gradients flow into them.
         feat_t: (N, F_t) teacher features; F_t may differ from F_s; never receives gradient.
@@ -100,8 +100,8 @@ def lsp_loss(feat_s, feat_t, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0.
             dist2 = (z_i - z_j).pow(2).sum(-1)                # ||z_i - z_j||², (E,)
             s = sigma
             if sigma == "auto":  # NOTE: not the paper's: σ = median ||z_i - z_j||, j ≠ i
-                d2 = dist2.detach()[src != dst]               # self-loops: 0 at any scale
-                s = d2.median().sqrt().clamp_min(1e-12) if len(d2) else 1.0
+                d2 = torch.where(src != dst, dist2.detach(), float("nan"))  # loops: 0 always
+                s = d2.nanmedian().sqrt().nan_to_num(1.0).clamp_min(1e-12) if len(d2) else 1.0
             sim = dist2 if kernel == "l2" else torch.exp(-dist2 / (2 * s ** 2))
         # 2. Eq. (3): softmax of SIM over the incoming edges of each centre i, in logs; the
         #    group's max is subtracted so that exp() stays finite
