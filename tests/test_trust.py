@@ -1,6 +1,7 @@
 """Runs a user can trust: every bad input ends in one line "error: ..."; the teacher is reused
 only by runs that would train the same one, and resumes after Ctrl-C; a seeded command
 repeats bit for bit; each run has its own folder, and results only when complete."""
+import concurrent.futures
 import fcntl
 import json
 import os
@@ -96,14 +97,32 @@ BAD_FLAGS = [  # (script, flags, what the error line says); both scripts where N
 ]
 
 
-@pytest.mark.parametrize("script, flags, message",
-                         [(s, f, m) for script, f, m in BAD_FLAGS
-                          for s in ([script] if script else SCRIPTS)])
-def test_bad_flags_end_in_one_error_line(tmp_path, script, flags, message):
-    p = run(script, "--dry-run", "--out-dir", str(tmp_path / "out"), *flags)
-    assert_one_error_line(p, message)
-    assert not list((tmp_path / "out").rglob("results.json"))
-    for log in (tmp_path / "out").rglob("log.txt"):  # a run folder: the line ends its log too
+BAD_CASES = [(s, f, m) for script, f, m in BAD_FLAGS for s in ([script] if script else SCRIPTS)]
+
+
+@pytest.fixture(scope="module")
+def bad_flag_runs(request, tmp_path_factory):
+    """The commands of the selected BAD_CASES, two at a time (each is mostly Python and torch
+    starting up, so this halves their time on two cores): {case: (its --out-dir, process)}."""
+    cases = sorted({item.callspec.params["case"] for item in request.session.items
+                    if item.originalname == "test_bad_flags_end_in_one_error_line"})
+    outs = {case: tmp_path_factory.mktemp("bad") / "out" for case in cases}
+
+    def start(case):
+        script, flags, _ = BAD_CASES[case]
+        return case, (outs[case], run(script, "--dry-run", "--out-dir", str(outs[case]), *flags))
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        return dict(pool.map(start, cases))
+
+
+@pytest.mark.parametrize("case", range(len(BAD_CASES)),
+                         ids=[f"{s}-{' '.join(f)}" for s, f, _ in BAD_CASES])
+def test_bad_flags_end_in_one_error_line(bad_flag_runs, case):
+    out, p = bad_flag_runs[case]
+    assert_one_error_line(p, BAD_CASES[case][2])
+    assert not list(out.rglob("results.json"))
+    for log in out.rglob("log.txt"):  # a run folder: the line ends its log too
         assert log.read_text().splitlines()[-1].endswith(p.stderr.strip())
 
 
