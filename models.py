@@ -18,9 +18,7 @@ NEGATIVE_SLOPE = 0.2            # of every LeakyReLU: GAT's (Eq. 2) and DGCNN's
 PPI_FEATURES, PPI_LABELS = 50, 121   # the GATs' input and output widths (Sec. 4.1)
 
 
-# ----------------------------------------------------------------------------------------
-# Scatter operations: reductions over the edges that share a target node
-
+# Scatter operations: reductions over the edges that share a target node ------------------
 def scatter_max(src, index, num_nodes):
     """Max of src (E,) or (E, F) over the entries that share an index; (N,) or (N, F), 0 for
     empty groups."""
@@ -45,17 +43,7 @@ def scatter_softmax(src, index, num_nodes=None):
     return exp / group_sum[index]                                 # (E, ...)
 
 
-def add_self_loops(edge_index, num_nodes):
-    """Remove existing self-loops, then add one (i, i) for every node. (2, E) -> (2, E')."""
-    src, dst = edge_index
-    keep = src != dst
-    loops = torch.arange(num_nodes, device=edge_index.device).expand(2, num_nodes)
-    return torch.cat([edge_index[:, keep], loops], dim=1)
-
-
-# ----------------------------------------------------------------------------------------
-# GAT, Eq. (2)
-
+# GAT, Eq. (2) ----------------------------------------------------------------------------
 class GATConv(nn.Module):
     """Graph attention layer, Eq. (2), as DGL 0.4's GATConv (no bias, optional residual).
 
@@ -64,27 +52,22 @@ class GATConv(nn.Module):
     x_i' = Σ_j α_ij W x_j  (+ res_fc(x_i))           one such sum per head
     """
 
-    def __init__(self, in_dim, out_dim, heads, residual=False, concat=True,
-                 negative_slope=NEGATIVE_SLOPE, feat_drop=0.0, attn_drop=0.0):
+    def __init__(self, in_dim, out_dim, heads, residual=False, concat=True):
         super().__init__()
         self.heads, self.out_dim, self.concat = heads, out_dim, concat
+        # NOTE: no dropout, as the official code's GAT (DGL 0.4's has feat_drop, attn_drop)
         # NOTE: the paper does not say how its GAT is built; here DGL 0.4's GATConv, which the
         # official code uses: no bias anywhere, because with it the teacher has exactly the
         # paper's 3,640,748 parameters.
         self.fc = nn.Linear(in_dim, heads * out_dim, bias=False)
         self.attn_src = nn.Parameter(torch.empty(1, heads, out_dim))
         self.attn_dst = nn.Parameter(torch.empty(1, heads, out_dim))
-        self.leaky_relu = nn.LeakyReLU(negative_slope)
-        self.feat_drop = nn.Dropout(feat_drop)
-        self.attn_drop = nn.Dropout(attn_drop)
+        self.leaky_relu = nn.LeakyReLU(NEGATIVE_SLOPE)
         # NOTE: the paper's Eq. (2) has no residual; here DGL 0.4's: a bias-free Linear where
         # the widths differ, else the identity, because the official code adds it and its
         # weights are part of the paper's 3,640,748.
-        if residual:
-            self.res_fc = (nn.Linear(in_dim, heads * out_dim, bias=False)
-                           if in_dim != out_dim else nn.Identity())
-        else:
-            self.res_fc = None
+        self.res_fc = None if not residual else (
+            nn.Linear(in_dim, heads * out_dim, bias=False) if in_dim != out_dim else nn.Identity())
         gain = nn.init.calculate_gain("relu")
         nn.init.xavier_normal_(self.fc.weight, gain=gain)
         nn.init.xavier_normal_(self.attn_src, gain=gain)
@@ -95,11 +78,11 @@ class GATConv(nn.Module):
     def forward(self, x, edge_index):
         N, H, Fo = x.size(0), self.heads, self.out_dim
         src, dst = edge_index                                      # j, i: (E,) each
-        z = self.fc(self.feat_drop(x)).view(N, H, Fo)              # W x: (N, H, F)
+        z = self.fc(x).view(N, H, Fo)                              # W x: (N, H, F)
         score_src = (z * self.attn_src).sum(-1)                    # a_srcᵀ W x_j: (N, H)
         score_dst = (z * self.attn_dst).sum(-1)                    # a_dstᵀ W x_i: (N, H)
         e = self.leaky_relu(score_src[src] + score_dst[dst])       # Eq. (2) e_ij: (E, H)
-        alpha = self.attn_drop(scatter_softmax(e, dst, N))         # α_ij: (E, H)
+        alpha = scatter_softmax(e, dst, N)                         # α_ij: (E, H)
         msg = z[src] * alpha.unsqueeze(-1)                         # α_ij W x_j: (E, H, F)
         out = z.new_zeros(N, H, Fo).index_add_(0, dst, msg)        # Σ_j: (N, H, F)
         if self.res_fc is not None:
@@ -113,34 +96,26 @@ class GAT(nn.Module):
     Paper teacher:  GAT(50, [256, 256], [4, 4, 6], 121)            3,640,748 parameters
     Paper student:  GAT(50, [68] * 4, [2] * 5, 121)                  185,172 parameters
     The first layer has no residual, later ones do (as the official code).
-    The graph is used exactly as given, so a node does not attend to itself unless the graph
-    has its self-loop; self_loops=True adds one loop per node first (as PyG's GATConv does).
     """
 
-    def __init__(self, in_dim, hidden_dims, heads, out_dim, residual=True, self_loops=False,
-                 negative_slope=NEGATIVE_SLOPE, feat_drop=0.0, attn_drop=0.0):
+    def __init__(self, in_dim, hidden_dims, heads, out_dim, residual=True):
         super().__init__()
         if len(heads) != len(hidden_dims) + 1:
             raise ValueError(f"need one head count per layer: {len(hidden_dims) + 1} layers, "
                              f"got heads={list(heads)}")
-        self.self_loops = self_loops
         dims = [in_dim] + [h * d for h, d in zip(heads, hidden_dims)]  # layer input widths
-        kw = dict(negative_slope=negative_slope, feat_drop=feat_drop, attn_drop=attn_drop)
         # NOTE: the paper does not say; here the first layer has no residual and the later
         # ones do, because the official code (DGL 0.4's GAT example) builds it so.
         self.layers = nn.ModuleList(
-            [GATConv(dims[l], hidden_dims[l], heads[l], residual=residual and l > 0, **kw)
-             for l in range(len(hidden_dims))]
-            + [GATConv(dims[-1], out_dim, heads[-1], residual=residual, concat=False, **kw)])
+            [GATConv(dims[i], hidden_dims[i], heads[i], residual=residual and i > 0)
+             for i in range(len(hidden_dims))]
+            + [GATConv(dims[-1], out_dim, heads[-1], residual=residual, concat=False)])
 
     def forward(self, x, edge_index, return_feats=False):
         """x (N, F_in), edge_index (2, E) -> logits (N, out_dim); with return_feats, also the
         output of every hidden layer before its ELU, a list of (N, H*F)."""
         # NOTE: GAT (Velickovic et al.) and PyG's GATConv let each node attend to itself; here
-        # the graph is used as given (PPI has no self-loops) unless self_loops=True, because
-        # DGL 0.4 and the official code do so.
-        if self.self_loops:
-            edge_index = add_self_loops(edge_index, x.size(0))
+        # the graph is used as given (PPI has no self-loops), as DGL 0.4 and the official code
         feats = []
         for layer in self.layers[:-1]:
             x = layer(x, edge_index)                               # (N, H*F)
@@ -163,9 +138,7 @@ def gat_student(**kw):
     return GAT(PPI_FEATURES, [68, 68, 68, 68], [2, 2, 2, 2, 2], PPI_LABELS, **kw)
 
 
-# ----------------------------------------------------------------------------------------
-# DGCNN: kNN graph and EdgeConv
-
+# DGCNN: kNN graph and EdgeConv -----------------------------------------------------------
 @torch.no_grad()
 def knn_graph(x, k):
     """kNN graph of every cloud in feature space, as DGCNN builds it (the point itself counts).
@@ -178,32 +151,14 @@ def knn_graph(x, k):
     if not 0 < k <= P:
         raise ValueError(f"k must be in [1, P={P}], got k={k}")
     # ||x_i - x_j||² = ||x_i||² - 2 x_i·x_j + ||x_j||², and ||x_i||² is the same along row i,
-    # so it does not change which j are nearest: rank by ||x_j||² - 2 x_i·x_j, one baddbmm;
-    # in float32 also under autocast (--teacher-amp): half-precision distances would pick
-    # many neighbours other than the float32 model's (after the first layer, its
-    # half-precision features still change a few)
-    with torch.autocast(x.device.type, enabled=False):
-        x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        sq = x.pow(2).sum(-1)                                      # (B, P)
-        rank = torch.baddbmm(sq.unsqueeze(1), x, x.transpose(1, 2), alpha=-2)  # (B, P, P)
+    # so it does not change which j are nearest: rank by ||x_j||² - 2 x_i·x_j, one baddbmm
+    sq = x.pow(2).sum(-1)                                          # (B, P)
+    rank = torch.baddbmm(sq.unsqueeze(1), x, x.transpose(1, 2), alpha=-2)  # (B, P, P)
     nbr = rank.topk(k, dim=-1, largest=False).indices              # (B, P, k)
     offset = torch.arange(B, device=x.device).view(B, 1, 1) * P
     src = (nbr + offset).reshape(-1)                               # (B*P*k,) j
-    return torch.stack([src, _knn_targets(B * P, k, x.device)])
-
-
-def _knn_targets(N, k, device):
-    """Row 1 of a kNN graph: 0,..,0, 1,..,1, ..., every node id repeated k times. (N*k,)"""
-    return torch.arange(N, device=device).repeat_interleave(k)
-
-
-def _knn_degree(dst, N):
-    """k when dst (E,) is row 1 of a knn_graph over N nodes (each node repeated k times, in
-    order), else None."""
-    E = dst.numel()
-    if E % N == 0 and torch.equal(dst, _knn_targets(N, E // N, dst.device)):
-        return E // N
-    return None
+    dst = torch.arange(B * P, device=x.device).repeat_interleave(k)  # (B*P*k,) i
+    return torch.stack([src, dst])
 
 
 class EdgeConv(nn.Module):
@@ -211,8 +166,8 @@ class EdgeConv(nn.Module):
 
     An instance of Eq. (1): g_φ is the identity, h_θ the 1×1 conv (bias-free Linear) + BN +
     LeakyReLU(0.2) on the edge feature, and the aggregation A is the max.
-    forward computes this formula edge by edge, except in eval mode on a knn_graph, where it
-    hands over to forward_eval_knn: the same numbers, without the (E, F') edge features.
+    forward computes this formula edge by edge, except in eval mode on a knn_graph (k given),
+    where it hands over to forward_eval_knn: the same numbers, without (E, F') edge features.
     """
 
     def __init__(self, in_dim, out_dim):
@@ -220,11 +175,11 @@ class EdgeConv(nn.Module):
         self.fc = nn.Linear(2 * in_dim, out_dim, bias=False)      # W = [W_a | W_b]
         self.bn = nn.BatchNorm1d(out_dim)
 
-    def forward(self, x, edge_index):
-        """x (N, F), edge_index (2, E) -> (N, F'); a node without incoming edges gets 0."""
+    def forward(self, x, edge_index, k=None):
+        """x (N, F), edge_index (2, E) -> (N, F'); a node without incoming edges gets 0.
+        k: edge_index is a knn_graph of k neighbours (each node's k edges consecutive)."""
         N = x.size(0)
         src, dst = edge_index                                      # j, i: (E,) each
-        k = _knn_degree(dst, N)                                    # None: not a kNN graph
         if k is not None and not self.bn.training:  # the frozen teacher: same numbers, fused
             return self.forward_eval_knn(x, src.view(N, k))       # (N, k) sources of each i
         h_j, h_i = self._project(x)                                # (N, F') each
@@ -287,8 +242,8 @@ class DGCNN(nn.Module):
         width *= 2 if pool == "maxavg" else 1
         self.global_dim = width  # of the pooled global feature that the head classifies
         head = []
-        for l, w in enumerate(mlp):  # as DGCNN: only the first MLP Linear is bias-free
-            head += [nn.Linear(width, w, bias=l > 0), nn.BatchNorm1d(w),
+        for i, w in enumerate(mlp):  # as DGCNN: only the first MLP Linear is bias-free
+            head += [nn.Linear(width, w, bias=i > 0), nn.BatchNorm1d(w),
                      nn.LeakyReLU(NEGATIVE_SLOPE), nn.Dropout(dropout)]
             width = w
         self.head = nn.Sequential(*head, nn.Linear(width, num_classes))
@@ -302,7 +257,7 @@ class DGCNN(nn.Module):
         feats = []
         for conv in self.convs:
             edge_index = knn_graph(x.view(B, P, -1), self.k)       # (2, B*P*k)
-            x = conv(x, edge_index)                                # (B*P, F)
+            x = conv(x, edge_index, self.k)                        # (B*P, F)
             feats.append((x, edge_index))
         return feats
 
@@ -343,16 +298,13 @@ STUDENT_VARIANTS = {
 }
 
 
-def dgcnn_student(variant="base", edge_dims=None, mlp=None, k=10, **kw):
-    """The paper's ModelNet40 student (0.1M parameters), or a Table 6 variant of it
-    (STUDENT_VARIANTS); edge_dims and mlp, when given, replace the variant's widths."""
+def dgcnn_student(variant="base", k=10, **kw):
+    """The paper's ModelNet40 student (0.1M parameters), or a Table 6 variant of it."""
     # NOTE: the paper gives only the EdgeConv widths, k = 10, one MLP layer of 256 and
     # "0.1M" parameters; here no embedding layer and max pooling only (the teacher has
     # both, as DGCNN), because that reading has 99,560 ≈ 0.1M parameters (165,096 with the
     # teacher's max ⊕ avg pooling).
-    v = STUDENT_VARIANTS[variant]
-    return DGCNN(edge_dims or v["edge_dims"], emb_dim=0, pool="max", mlp=mlp or v["mlp"], k=k,
-                 **kw)
+    return DGCNN(**STUDENT_VARIANTS[variant], emb_dim=0, pool="max", k=k, **kw)
 
 
 def num_params(model):

@@ -1,15 +1,9 @@
-"""SYNTHETIC stand-ins for the paper's two datasets, for running everything offline.
-
-Not the paper's data: the real PPI and ModelNet40 (Sec. 4.1, 4.2 of "Distilling Knowledge
-from Graph Convolutional Networks", Yang et al., CVPR 2020) are read by data.py. These are
-generated with the real shapes, deterministic by seed, and labelled synthetic everywhere:
-every dataset dict carries 'synthetic': True, every class name starts with 'synthetic_'.
-
+"""SYNTHETIC stand-ins for the paper's two datasets (Sec. 4.1, 4.2), to run everything offline.
+Not the paper's data (data.py reads that): generated with the real shapes, deterministic by
+seed, labelled synthetic everywhere ('synthetic': True, class names 'synthetic_...').
 - synthetic_ppi: 24 graphs with PPI's real node counts, 50 features, 121 labels that need
   several hops of the graph (degree-corrected community graphs, multi-hop labels).
 - synthetic_modelnet40: 40 shape classes, points sampled on triangle meshes.
-
-data.py re-exports both (data.synthetic_ppi, data.synthetic_modelnet40).
 Dimensions: N nodes, E edges, F features (50), L labels (121), K communities, P points per
 cloud, T triangles of a mesh, (U, V) a grid of surface points.
 """
@@ -19,8 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-# ----------------------------------------------------------------------------------------
-# Synthetic PPI: the real graph sizes, degree-corrected community graphs, multi-hop labels
+from data import PPI_FEATURES, PPI_LABELS, PPI_SPLITS, Graph
 
 PPI_GRAPH_SIZES = {  # nodes of each graph of the real release, by split
     "train": (1767, 1377, 2263, 2339, 1578, 1021, 1823, 2488, 591, 3312,
@@ -79,8 +72,7 @@ def _standardise(z, eps=1e-8):
 
 
 def _synthetic_labels(hops, rng, num_labels, num_groups=12):
-    """Labels (N, L) from the hop features hops[k] = Āᵏx (N, F), k = 0..3.
-
+    """Labels (N, L) from the hop features hops[k] = Āᵏx (N, F), k = 0..3:
     score_l = Σ_k w_k hops[k] (u_kl + 0.7 v_k,group(l))        linear, shared within a group
             + (hops[a_l] p_l) (hops[b_l] q_l)                 a product: needs a non-linear model
     y_l = score_l above its (1 - rate_l) quantile, rate_l ~ U[0.15, 0.45]
@@ -103,24 +95,19 @@ def _synthetic_labels(hops, rng, num_labels, num_groups=12):
 
 
 def synthetic_ppi(seed=0, scale=1.0):
-    """A synthetic stand-in for PPI -> {'train', 'valid', 'test': lists of data.Graph,
-    'synthetic': True}, deterministic by seed.
-
-    24 graphs with the real node counts (times scale, at least MIN_NODES nodes), 50 features,
-    121 labels. Graphs: degree-corrected community graphs, average degree 14 with a heavy
-    tail, symmetric, no self-loops. Features: community mean + Gaussian noise. Labels:
-    linear and product terms of x, Āx, Ā²x, Ā³x (Ā = mean over neighbours), so they depend
-    on three hops and need a non-linear model."""
-    # NOTE: the paper trains and tests on the real PPI; this is a stand-in for machines that
-    # cannot download it, so scores on it say nothing about the paper's numbers.
-    from data import PPI_NUM_FEATURES, PPI_NUM_LABELS, PPI_SPLITS, Graph  # data imports us
+    """A synthetic stand-in for PPI -> {'train', 'valid', 'test': [data.Graph], 'synthetic':
+    True}, by seed: 24 graphs of the real node counts × scale (at least MIN_NODES), 50
+    features, 121 labels. Degree-corrected community graphs, average degree 14, heavy-tailed,
+    symmetric, no self-loops; features: community mean + noise; labels: linear and product
+    terms of x, Āx, Ā²x, Ā³x (Ā: mean over neighbours), so they need three hops."""
+    # NOTE: the paper's PPI is real; scores on this stand-in say nothing about its numbers
     rng = np.random.default_rng(seed)
     sizes = [max(MIN_NODES, round(n * scale)) for s in PPI_SPLITS for n in PPI_GRAPH_SIZES[s]]
     xs, edges, hops = [], [], [[] for _ in HOP_WEIGHTS]
     for n in sizes:
         edge_index, comm = _synthetic_edges(n, rng)
-        x = COMMUNITY_STD * rng.normal(size=(comm.max() + 1, PPI_NUM_FEATURES))[comm] \
-            + rng.normal(size=(n, PPI_NUM_FEATURES))                       # (n, F)
+        x = COMMUNITY_STD * rng.normal(size=(comm.max() + 1, PPI_FEATURES))[comm] \
+            + rng.normal(size=(n, PPI_FEATURES))                       # (n, F)
         A = sp.csr_matrix((np.ones(edge_index.shape[1]), (edge_index[1], edge_index[0])),
                           shape=(n, n))                                    # A[i, j] = 1
         A_mean = sp.diags(1 / np.maximum(A.sum(1).A1, 1)) @ A              # Ā, rows sum to 1
@@ -131,7 +118,7 @@ def synthetic_ppi(seed=0, scale=1.0):
         xs.append(x)
         edges.append(edge_index)
     y = _synthetic_labels([_standardise(np.concatenate(h)) for h in hops], rng,
-                          PPI_NUM_LABELS)                                  # (ΣN, L)
+                          PPI_LABELS)                                  # (ΣN, L)
     graphs = [Graph(torch.as_tensor(x, dtype=torch.float32),
                     torch.as_tensor(y_g, dtype=torch.float32), torch.as_tensor(e),
                     torch.zeros(len(x), dtype=torch.long))
@@ -141,9 +128,7 @@ def synthetic_ppi(seed=0, scale=1.0):
             "synthetic": True}
 
 
-# ----------------------------------------------------------------------------------------
 # Synthetic ModelNet40: 40 shape classes sampled on triangle meshes
-
 RELEASE_POINTS = 2048                       # points per cloud in modelnet40_ply_hdf5_2048
 MAX_TILT = 0.15                             # a cloud's pose: any turn about z, this tilt (rad)
 STRETCH = (0.8, 1.25)                       # range of the per-axis stretch of a cloud
@@ -231,7 +216,7 @@ def _height_field(f):
     return _grid_tris(np.stack([x, y, f(x, y)], -1))                          # (U, V, 3)
 
 
-def _union(*parts):
+def _union(*parts):  # one mesh of several
     return np.concatenate(parts)
 
 
@@ -348,14 +333,11 @@ def _synthetic_cloud(shape, num_points, rng):
 
 
 def synthetic_modelnet40(num_train_per_class=20, num_test_per_class=5, num_points=1024, seed=0):
-    """A synthetic stand-in for ModelNet40, laid out as data.load_modelnet40 (numpy arrays)
-    with 'synthetic': True and class names 'synthetic_<shape>'. Clouds store
-    max(RELEASE_POINTS, num_points) points like the release (2048), so pointcloud_batches
-    picks the first num_points the same way; the points of a cloud are in random order.
-    Deterministic by seed."""
+    """A synthetic stand-in for ModelNet40, laid out as data.load_modelnet40, class names
+    'synthetic_<shape>'; clouds of max(RELEASE_POINTS, num_points) points in random order, as
+    the release, so that pointcloud_batches picks the first num_points alike. By seed."""
     # NOTE: the paper uses ModelNet40's CAD models; these 40 procedural shapes stand in for
-    # them on machines that cannot download the release, so accuracies on them say nothing
-    # about the paper's numbers.
+    # them offline: accuracies on them say nothing about the paper's numbers.
     rng = np.random.default_rng(seed)
     shapes = list(_SHAPES.values())
     P = max(RELEASE_POINTS, num_points)

@@ -1,10 +1,11 @@
 """Tests of data.py and synthetic.py: the loaders on tiny fake releases written in the real
-formats, the download failure path (offline, with file:// URLs), the real data fragments
-(skipped when absent), DGCNN's batching and augmentation, and the synthetic stand-ins."""
+formats against slow references, zips fetched offline from file:// URLs, the failure
+messages, the real data fragments (skipped when absent), batching and DGCNN's augmentation,
+and the synthetic stand-ins."""
 import json
 import os
-import subprocess
-import sys
+import shutil
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -12,19 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import data  # noqa: E402
-import synthetic  # noqa: E402
+import data
+import synthetic
 
 REAL_DATA = Path(os.environ.get("LSP_REAL_DATA",
                                 Path(__file__).resolve().parent.parent.parent / "shared" / "data"))
-LOADERS = {"ppi": (data.load_ppi, data.PPI_URL),
-           "modelnet": (data.load_modelnet40, data.MODELNET_URL)}
 
 
 def need_real(sub):
     if not (REAL_DATA / sub).is_dir():
-        pytest.skip(f"real data fragments not found in {REAL_DATA / sub}")
+        pytest.skip(f"real data not found in {REAL_DATA / sub}")
     return REAL_DATA / sub
 
 
@@ -34,29 +32,33 @@ def need_real(sub):
 FAKE_PPI_SIZES = {"train": (5, 4, 6), "valid": (3, 4), "test": (4, 3)}
 
 
-def write_fake_ppi(folder, feat_dim=50):
-    """Write the 12 PPI files; graphs interleaved in node order, a duplicate link and a link
-    across graphs. Returns {split: (graph_id, links)} for the slow reference."""
+def write_fake_ppi(folder, graph_ids=None):
+    """Write the 12 PPI files: graphs interleaved in node order, nodes listed shuffled, a
+    duplicate link, a self-loop and a link across graphs; the test split under the "edges"
+    key of newer networkx. graph_ids: {split: (N,) ids} instead of FAKE_PPI_SIZES.
+    Returns {split: (graph_id, links)} for the slow reference."""
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     first_id, truth = 1, {}
     for split, sizes in FAKE_PPI_SIZES.items():
-        gid = rng.permutation(np.repeat(np.arange(len(sizes)) + first_id, sizes))
-        first_id += len(sizes)
-        N = len(gid)
-        links = []
-        for g in np.unique(gid):
+        if graph_ids is None:
+            gid = rng.permutation(np.repeat(np.arange(len(sizes)) + first_id, sizes))
+            first_id += len(sizes)
+        else:
+            gid = graph_ids[split]
+        N, links = len(gid), []
+        for g in np.unique(gid):                      # two links from each node, both ways
             nodes = np.flatnonzero(gid == g)
-            for a in nodes:
-                for b in rng.choice(nodes, size=2, replace=False):
-                    if a != b:
-                        links += [(int(a), int(b)), (int(b), int(a))]
-        links += [links[0], (0, int(np.flatnonzero(gid != gid[0])[0]))]
+            a, b = np.repeat(nodes, 2), nodes[rng.integers(len(nodes), size=2 * len(nodes))]
+            a, b = a[a != b].tolist(), b[a != b].tolist()
+            links += list(zip(a, b)) + list(zip(b, a))
+        links += [links[0], (1, 1), (0, int(np.flatnonzero(gid != gid[0])[0]))]
         graph = {"directed": True, "multigraph": False, "graph": {},
                  "nodes": [{"id": int(i), "test": False, "val": False} for i in rng.permutation(N)],
-                 "links": [{"source": j, "target": i} for j, i in links]}
+                 "edges" if split == "test" else "links":
+                     [{"source": j, "target": i} for j, i in links]}
         (folder / f"{split}_graph.json").write_text(json.dumps(graph))
-        np.save(folder / f"{split}_feats.npy", rng.normal(size=(N, feat_dim)))
+        np.save(folder / f"{split}_feats.npy", rng.normal(size=(N, 50)))
         np.save(folder / f"{split}_labels.npy", rng.integers(0, 2, size=(N, 121)))
         np.save(folder / f"{split}_graph_id.npy", gid)
         truth[split] = gid, links
@@ -64,8 +66,8 @@ def write_fake_ppi(folder, feat_dim=50):
 
 
 def write_fake_modelnet(folder, train=(3, 2, 1, 2, 1), test=(2, 1), P=64):
-    """h5 files in the release layout (train0-4, test0-1; one file per split for a subset);
-    returns the points and labels in loading order."""
+    """h5 files in the release layout (train0-4, test0-1); returns the points and labels of
+    each split in loading order."""
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "shape_names.txt").write_text("".join(f"class{c}\n" for c in range(40)))
@@ -81,23 +83,42 @@ def write_fake_modelnet(folder, train=(3, 2, 1, 2, 1), test=(2, 1), P=64):
     return out
 
 
-def zip_folder(folder, zip_path, top):
-    import zipfile
+LOADERS = {"ppi": (data.load_ppi, write_fake_ppi),
+           "modelnet": (data.load_modelnet40, write_fake_modelnet)}
+
+
+def zip_folder(folder, zip_path, top="release"):
+    """A zip of folder's files under a top folder, with a stray file besides; its URL."""
     with zipfile.ZipFile(zip_path, "w") as zf:
         for f in sorted(folder.iterdir()):
             zf.write(f, f"{top}/{f.name}")
+        zf.writestr(f"{top}/README.txt", "not a data file")
     return zip_path.as_uri()
 
 
+def assert_same(a, b):
+    """Two loaded datasets are equal: dicts of lists of Graph, or of arrays and names."""
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], np.ndarray):
+            np.testing.assert_array_equal(a[k], b[k])
+        elif a[k] and isinstance(a[k][0], data.Graph):
+            assert len(a[k]) == len(b[k])
+            assert all(torch.equal(u, v) for ga, gb in zip(a[k], b[k]) for u, v in zip(ga, gb))
+        else:
+            assert a[k] == b[k]
+
+
 # ----------------------------------------------------------------------------------------
-# PPI loader
+# Loaders against slow references
 
 def test_load_ppi_matches_slow_reference(tmp_path):
     truth = write_fake_ppi(tmp_path)
-    d = data.load_ppi(tmp_path, download=False)
-    assert d["synthetic"] is False and [len(d[s]) for s in data.PPI_SPLITS] == [3, 2, 2]
+    d = data.load_ppi(tmp_path)
+    assert set(d) == set(data.PPI_SPLITS) and [len(d[s]) for s in data.PPI_SPLITS] == [3, 2, 2]
     for split, (gid, links) in truth.items():
         feats = np.load(tmp_path / f"{split}_feats.npy")
+        labels = np.load(tmp_path / f"{split}_labels.npy")
         for g, graph in zip(np.unique(gid), d[split]):
             nodes = np.flatnonzero(gid == g)                      # local id = rank of global id
             local = {int(v): k for k, v in enumerate(nodes)}
@@ -105,120 +126,94 @@ def test_load_ppi_matches_slow_reference(tmp_path):
             pairs = list(zip(*graph.edge_index.tolist()))
             assert set(pairs) == expected and len(pairs) == len(expected)
             assert pairs == sorted(pairs, key=lambda e: (e[1], e[0]))
-            assert all((i, j) in expected for j, i in pairs)     # both directions present
             assert graph.x.dtype == graph.y.dtype == torch.float32
             assert graph.edge_index.dtype == graph.batch.dtype == torch.int64
-            assert graph.x.shape == (len(nodes), 50) and graph.y.shape == (len(nodes), 121)
             assert torch.equal(graph.x, torch.tensor(feats[nodes], dtype=torch.float32))
-            assert not graph.batch.any()
+            assert torch.equal(graph.y, torch.tensor(labels[nodes], dtype=torch.float32))
+            assert torch.equal(graph.batch, torch.zeros(len(nodes), dtype=torch.long))
 
 
-def test_load_ppi_from_zip_with_top_folder(tmp_path):
-    write_fake_ppi(tmp_path / "release")
-    url = zip_folder(tmp_path / "release", tmp_path / "ppi.zip", "ppi")
-    d = data.load_ppi(tmp_path / "ppi", url=url)
-    assert [len(d[s]) for s in data.PPI_SPLITS] == [3, 2, 2]
-    assert sorted(p.name for p in (tmp_path / "ppi").iterdir()) == sorted(data.PPI_FILES)
-
-
-def test_load_modelnet40_release_layout(tmp_path):
-    truth = write_fake_modelnet(tmp_path)
-    d = data.load_modelnet40(tmp_path, download=False)
-    assert d["synthetic"] is False and d["class_names"] == [f"class{c}" for c in range(40)]
+@pytest.mark.parametrize("train, test", [((3, 2, 1, 2, 1), (2, 1)), ((3,), (2,))])
+def test_load_modelnet40_every_file_in_name_order(tmp_path, train, test):
+    truth = write_fake_modelnet(tmp_path, train, test)
+    d = data.load_modelnet40(tmp_path)
+    assert d["class_names"] == [f"class{c}" for c in range(40)]
     for split in ("train", "test"):
         assert d[f"{split}_points"].dtype == np.float32 and d[f"{split}_labels"].dtype == np.int64
         np.testing.assert_array_equal(d[f"{split}_points"], truth[split][0])
         np.testing.assert_array_equal(d[f"{split}_labels"], truth[split][1])
 
 
-def test_load_modelnet40_from_zip_with_top_folder(tmp_path):
-    truth = write_fake_modelnet(tmp_path / "release")
-    url = zip_folder(tmp_path / "release", tmp_path / "m.zip", "modelnet40_ply_hdf5_2048")
-    d = data.load_modelnet40(tmp_path / "mn", url=url)
-    np.testing.assert_array_equal(d["train_labels"], truth["train"][1])
-    assert sorted(p.name for p in (tmp_path / "mn").iterdir()) == sorted(data.MODELNET_FILES)
-
-
-def test_load_modelnet40_subset_of_one_file_per_split(tmp_path):
-    truth = write_fake_modelnet(tmp_path, train=(3,), test=(2,))
-    d = data.load_modelnet40(tmp_path, download=False)
-    for split in ("train", "test"):
-        np.testing.assert_array_equal(d[f"{split}_points"], truth[split][0])
-        np.testing.assert_array_equal(d[f"{split}_labels"], truth[split][1])
+@pytest.mark.parametrize("name", LOADERS)
+def test_zip_downloaded_is_removed_placed_zip_kept(tmp_path, name):
+    """From a zip with a top folder: only the release's files come out, the same data as the
+    folder itself; a downloaded zip is removed, one placed in the folder by hand is kept (and
+    used without downloading: its URL points nowhere)."""
+    load, write_fake = LOADERS[name]
+    write_fake(tmp_path / "release")
+    files = sorted(os.listdir(tmp_path / "release"))
+    url = zip_folder(tmp_path / "release", tmp_path / "release.zip")
+    expected = load(tmp_path / "release")
+    assert_same(load(tmp_path / "fetched", url=url), expected)
+    assert sorted(os.listdir(tmp_path / "fetched")) == files
+    (tmp_path / "by_hand").mkdir()
+    shutil.copy(tmp_path / "release.zip", tmp_path / "by_hand")
+    assert_same(load(tmp_path / "by_hand", url=(tmp_path / "nowhere" / "release.zip").as_uri()),
+                expected)
+    assert sorted(os.listdir(tmp_path / "by_hand")) == sorted(files + ["release.zip"])
 
 
 # ----------------------------------------------------------------------------------------
-# Failure path: one DataError with what, the URL, where and --data synthetic; nothing left
+# Download and unpack failures: one DataError naming the URL, the folder, --data synthetic
 
-def assert_helpful(err, url, folder):
-    msg = str(err.value)
-    assert url in msg and "--data synthetic" in msg and str(folder.resolve()) in msg
-    assert "--url (the scripts) or the loader's url argument" in msg
+FAILURES = {"unreachable URL": lambda tmp: None,
+            "not a zip": lambda tmp: (tmp / "nowhere.zip").write_bytes(b"not a zip" * 100),
+            "folder is a file": lambda tmp: (tmp / "x").write_text("")}
 
 
+@pytest.mark.parametrize("failure", FAILURES)
 @pytest.mark.parametrize("name", LOADERS)
-def test_missing_without_download(tmp_path, name):
-    load, url = LOADERS[name]
-    with pytest.raises(data.DataError) as err:
-        load(tmp_path / "x", download=False)
-    assert_helpful(err, url, tmp_path / "x")
-    assert ("train_graph.json" if name == "ppi" else "ply_data_train0.h5") in str(err.value)
-    assert not (tmp_path / "x").exists()
-
-
-@pytest.mark.parametrize("name", LOADERS)
-def test_unreachable_url(tmp_path, name):
+def test_fetch_failure(tmp_path, name, failure):
+    FAILURES[failure](tmp_path)
     url = (tmp_path / "nowhere.zip").as_uri()
     with pytest.raises(data.DataError) as err:
         LOADERS[name][0](tmp_path / "x", url=url)
-    assert_helpful(err, url, tmp_path / "x")
-    assert not (tmp_path / "x").exists()
+    msg = str(err.value)
+    assert url in msg and str((tmp_path / "x").resolve()) in msg and "--data synthetic" in msg
+    assert not (tmp_path / "x").is_dir() or os.listdir(tmp_path / "x") == []  # nothing left
 
 
 @pytest.mark.parametrize("name", LOADERS)
-def test_bad_zip_leaves_nothing(tmp_path, name):
-    (tmp_path / "bad.zip").write_bytes(b"not a zip" * 100)
-    (tmp_path / "x").mkdir()
+def test_zip_without_the_release(tmp_path, name):
+    """A zip at the URL without the release's files: DataError naming the URL and a file."""
+    (tmp_path / "release").mkdir()
+    url = zip_folder(tmp_path / "release", tmp_path / "other.zip")
     with pytest.raises(data.DataError) as err:
-        LOADERS[name][0](tmp_path / "x", url=(tmp_path / "bad.zip").as_uri())
-    assert_helpful(err, (tmp_path / "bad.zip").as_uri(), tmp_path / "x")
-    assert list((tmp_path / "x").iterdir()) == []
-
-
-def test_wrong_shapes_in_zip_install_nothing(tmp_path):
-    write_fake_ppi(tmp_path / "release", feat_dim=49)
-    url = zip_folder(tmp_path / "release", tmp_path / "ppi.zip", "ppi")
-    (tmp_path / "x").mkdir()
-    with pytest.raises(data.DataError, match="feats"):
-        data.load_ppi(tmp_path / "x", url=url)
-    assert list((tmp_path / "x").iterdir()) == []
+        LOADERS[name][0](tmp_path / "x", url=url)
+    assert url in str(err.value)
+    assert ("train_graph.json" if name == "ppi" else "shape_names.txt") in str(err.value)
 
 
 # ----------------------------------------------------------------------------------------
-# Malformed files: one DataError whose first line names the file and what is wrong with it
+# Malformed files: one DataError naming the file and what is wrong with it. Each case:
+# (file, mutate(path of the file), what the message says besides the file's path)
 
-def headline(err):
-    return str(err.value).splitlines()[0]
+def edit_npy(edit):
+    """edit(array) -> the array to save in its place."""
+    return lambda path: np.save(path, edit(np.load(path)))
 
 
-def edit_npy(name, edit):
-    """A mutation of a fake release: edit(array) -> the array to save in its place."""
-    def mutate(folder):
-        np.save(folder / name, edit(np.load(folder / name)))
+def edit_graph(edit):
+    """edit(node-link dict) changes the graph JSON in place."""
+    def mutate(path):
+        g = json.loads(path.read_text())
+        edit(g)
+        path.write_text(json.dumps(g))
     return mutate
 
 
-def edit_links(split, edit):
-    """A mutation: edit(links) changes the node-link JSON's list of links in place."""
-    def mutate(folder):
-        g = json.loads((folder / f"{split}_graph.json").read_text())
-        edit(g["links"])
-        (folder / f"{split}_graph.json").write_text(json.dumps(g))
-    return mutate
-
-
-def write_bytes(name, content):
-    return lambda folder: (folder / name).write_bytes(content)
+def write_bytes(content):
+    return lambda path: path.write_bytes(content)
 
 
 def set_at(row, col, value, dtype=None):
@@ -229,157 +224,158 @@ def set_at(row, col, value, dtype=None):
     return edit
 
 
-N_TRAIN = sum(FAKE_PPI_SIZES["train"])   # 15 nodes, ids 0..14
-PPI_BAD = {  # case: (file, mutation, what the first line says after the file's path)
+N_TRAIN, N_TEST = sum(FAKE_PPI_SIZES["train"]), sum(FAKE_PPI_SIZES["test"])  # 15, 7
+PPI_BAD = {
     "link past the last node": (
-        "train_graph.json", edit_links("train", lambda l: l.append({"source": 0,
-                                                                    "target": N_TRAIN + 3})),
-        f"whose target is node {N_TRAIN + 3}, but the train nodes are 0..{N_TRAIN - 1}"),
+        "train_graph.json",
+        edit_graph(lambda g: g["links"].append({"source": 0, "target": N_TRAIN + 3})),
+        f"has a link to a node outside 0..{N_TRAIN - 1}"),
     "negative link end": ("valid_graph.json",
-                          edit_links("valid", lambda l: l.insert(2, {"source": -1, "target": 0})),
-                          "has a link (number 2) whose source is node -1"),
-    "fractional node id": ("test_graph.json",
-                           edit_links("test", lambda l: l.append({"source": 1.5, "target": 0})),
-                           "is not networkx node-link JSON"),
-    "not JSON": ("train_graph.json", write_bytes("train_graph.json", b"{nodes"),
+                          edit_graph(lambda g: g["links"].insert(2, {"source": -1, "target": 0})),
+                          "has a link to a node outside 0..6"),
+    "fractional link end": ("test_graph.json",
+                            edit_graph(lambda g: g["edges"].append({"source": 1.5, "target": 0})),
+                            "link"),
+    "a node missing": ("train_graph.json", edit_graph(lambda g: g["nodes"].pop()),
+                       f"does not hold the nodes 0..{N_TRAIN - 1}, the rows of train_feats.npy"),
+    "no links": ("valid_graph.json", edit_graph(lambda g: g.pop("links")),
                  "is not networkx node-link JSON"),
-    "label 2": ("train_labels.npy", edit_npy("train_labels.npy", set_at(3, 7, 2)),
+    "not JSON": ("train_graph.json", write_bytes(b"{nodes"), "is not networkx node-link JSON"),
+    "label 2": ("train_labels.npy", edit_npy(set_at(3, 7, 2)),
                 "holds 2 at row 3, column 7; PPI's labels are 0 or 1"),
-    "label 0.5": ("test_labels.npy", edit_npy("test_labels.npy", set_at(0, 0, 0.5, float)),
+    "label 0.5": ("test_labels.npy", edit_npy(set_at(0, 0, 0.5, float)),
                   "holds 0.5 at row 0, column 0"),
-    "NaN feature": ("valid_feats.npy", edit_npy("valid_feats.npy", set_at(1, 2, np.nan)),
+    "NaN feature": ("valid_feats.npy", edit_npy(set_at(1, 2, np.nan)),
                     "holds nan at row 1, column 2; PPI's features are finite"),
-    "49 features": ("train_feats.npy", edit_npy("train_feats.npy", lambda a: a[:, :49]),
-                    f"has shape ({N_TRAIN}, 49), expected ({N_TRAIN}, 50)"),
-    "a row short": ("test_labels.npy", edit_npy("test_labels.npy", lambda a: a[:-1]),
-                    "has shape (6, 121), expected (7, 121)"),
-    "float graph ids": ("valid_graph_id.npy", edit_npy("valid_graph_id.npy", lambda a: a * 1.0),
-                        "holds float64 of shape (7,), expected integers"),
-    "empty file": ("train_feats.npy", write_bytes("train_feats.npy", b""),
-                   "is not a .npy file (it does not start with NumPy's header)"),
-    "not an array": ("valid_graph_id.npy", write_bytes("valid_graph_id.npy", b"x" * 99),
-                     "is not a .npy file"),
-    "truncated": ("train_feats.npy", write_bytes("train_feats.npy", b"\x93NUMPY\x01\x00"),
-                  "cannot be read: "),
-    "object array": ("test_labels.npy", lambda folder: np.save(
-        folder / "test_labels.npy", np.array([{"a": 1}] * 7), allow_pickle=True),
-        "cannot be read: "),
+    "49 features": ("train_feats.npy", edit_npy(lambda a: a[:, :49]),
+                    f"of shape ({N_TRAIN}, 49), expected numbers of shape ({N_TRAIN}, 50)"),
+    "a row short": ("test_labels.npy", edit_npy(lambda a: a[:-1]),
+                    f"of shape ({N_TEST - 1}, 121), expected numbers of shape ({N_TEST}, 121)"),
+    "2-d graph ids": ("valid_graph_id.npy", edit_npy(lambda a: a[:, None]),
+                      "of shape (7, 1), expected numbers of shape ('N',)"),
+    "text features": ("test_feats.npy", edit_npy(lambda a: a.astype(str)),
+                      "expected numbers of shape"),
+    "empty file": ("train_feats.npy", write_bytes(b""), "is not a .npy file"),
+    "truncated": ("train_feats.npy", write_bytes(b"\x93NUMPY\x01\x00"), "cannot be read"),
+    "object array": ("test_labels.npy",
+                     lambda path: np.save(path, np.array([{}] * N_TEST), allow_pickle=True),
+                     "cannot be read"),
 }
 
 
 @pytest.mark.parametrize("case", PPI_BAD)
-def test_ppi_malformed_file_named_in_the_first_line(tmp_path, case):
+def test_ppi_malformed_file_is_named(tmp_path, case):
     name, mutate, says = PPI_BAD[case]
     write_fake_ppi(tmp_path)
-    mutate(tmp_path)
+    mutate(tmp_path / name)
     with pytest.raises(data.DataError) as err:
-        data.load_ppi(tmp_path, download=False)
-    assert headline(err).startswith(f"{tmp_path / name} ") and says in headline(err)
-    assert "data not found" not in headline(err)
+        data.load_ppi(tmp_path, url=(tmp_path / "nowhere.zip").as_uri())
+    assert str(tmp_path / name) in str(err.value) and says in str(err.value)
 
 
-def edit_h5(name, edit):
-    """A mutation: edit(data, label) -> (data, label) to write in place of the file's."""
-    def mutate(folder):
-        with h5py.File(folder / name, "r") as f:
-            d, l = f["data"][:], f["label"][:]
-        with h5py.File(folder / name, "w") as f:
-            for key, a in zip(("data", "label"), edit(d, l)):
+def edit_h5(edit):
+    """edit(data, label) -> (data, label) to write in place of the file's (None: left out)."""
+    def mutate(path):
+        with h5py.File(path, "r") as f:
+            d, lab = f["data"][:], f["label"][:]
+        with h5py.File(path, "w") as f:
+            for key, a in zip(("data", "label"), edit(d, lab)):
                 if a is not None:
                     f[key] = a
     return mutate
 
 
 def label_at(cloud, value, dtype=np.uint8):
-    def edit(d, l):
-        l = l.astype(dtype)
-        l[cloud] = value
-        return d, l
+    def edit(d, lab):
+        lab = lab.astype(dtype)
+        lab[cloud] = value
+        return d, lab
     return edit
 
 
-MODELNET_BAD = {  # case: (file, mutation, what the first line says after the file's path)
-    "label 40": ("ply_data_train1.h5", edit_h5("ply_data_train1.h5", label_at(1, 40)),
-                 "holds label 40 (cloud 1), but the classes are 0..39"),
-    "label 255": ("ply_data_test1.h5", edit_h5("ply_data_test1.h5", label_at(0, 255)),
-                  "holds label 255 (cloud 0)"),
-    "label -1": ("ply_data_train0.h5", edit_h5("ply_data_train0.h5", label_at(2, -1, np.int8)),
-                 "holds label -1 (cloud 2)"),
-    "float labels": ("ply_data_train3.h5",
-                     edit_h5("ply_data_train3.h5", lambda d, l: (d, l + 0.5)),
-                     "has data of type float32 and labels of type float64, expected "
-                     "numbers and integer labels"),
-    "39 class names": ("shape_names.txt",
-                       write_bytes("shape_names.txt",
-                                   "".join(f"c{i}\n" for i in range(39)).encode()),
-                       "lists 39 class names, expected 40"),
-    "2-d points": ("ply_data_test0.h5", edit_h5("ply_data_test0.h5", lambda d, l: (d[..., :2], l)),
-                   "has data of shape (2, 64, 2), expected (n, P, 3)"),
-    "fewer points": ("ply_data_test0.h5", edit_h5("ply_data_test0.h5", lambda d, l: (d[:, :32], l)),
-                     "has 32 points per cloud, ply_data_train0.h5 64"),
+OUTSIDE = "holds labels outside 0..39 or points that are not finite"
+MODELNET_BAD = {
+    "label 40": ("ply_data_train1.h5", edit_h5(label_at(1, 40)), OUTSIDE),
+    "label -1": ("ply_data_train0.h5", edit_h5(label_at(2, -1, np.int8)), OUTSIDE),
     "NaN point": ("ply_data_train2.h5",
-                  edit_h5("ply_data_train2.h5", lambda d, l: (np.where(d > 1, np.nan, d), l)),
-                  "holds points that are not finite"),
-    "no labels": ("ply_data_train4.h5", edit_h5("ply_data_train4.h5", lambda d, l: (d, None)),
-                  "lacks the 'data' and 'label' datasets"),
-    "not HDF5": ("ply_data_test1.h5", write_bytes("ply_data_test1.h5", b"x" * 99),
-                 "cannot be read:"),
+                  edit_h5(lambda d, lab: (np.where(d > 1, np.nan, d), lab)), OUTSIDE),
+    "fractional labels": ("ply_data_train3.h5", edit_h5(lambda d, lab: (d, lab + 0.5)), "label"),
+    "39 class names": ("shape_names.txt",
+                       write_bytes("".join(f"c{i}\n" for i in range(39)).encode()),
+                       "lists 39 classes, not 40"),
+    "2-d points": ("ply_data_test0.h5", edit_h5(lambda d, lab: (d[..., :2], lab)),
+                   "holds data (2, 64, 2) and labels (2, 1), expected (n, P, 3) and (n, 1)"),
+    "a label short": ("ply_data_test0.h5", edit_h5(lambda d, lab: (d, lab[:1])),
+                      "holds data (2, 64, 3) and labels (1, 1)"),
+    "fewer points": ("ply_data_test0.h5", edit_h5(lambda d, lab: (d[:, :32], lab)), "points"),
+    "no labels": ("ply_data_train4.h5", edit_h5(lambda d, lab: (d, None)),
+                  "cannot be read as the release's 'data' and 'label'"),
+    "not HDF5": ("ply_data_test1.h5", write_bytes(b"x" * 99),
+                 "cannot be read as the release's 'data' and 'label'"),
 }
 
 
 @pytest.mark.parametrize("case", MODELNET_BAD)
-def test_modelnet_malformed_file_named_in_the_first_line(tmp_path, case):
+def test_modelnet_malformed_file_is_named(tmp_path, case):
     name, mutate, says = MODELNET_BAD[case]
     write_fake_modelnet(tmp_path)
-    mutate(tmp_path)
+    mutate(tmp_path / name)
     with pytest.raises(data.DataError) as err:
-        data.load_modelnet40(tmp_path, download=False)
-    assert headline(err).startswith(f"{tmp_path / name} ") and says in headline(err)
-    assert "data not found" not in headline(err)
+        data.load_modelnet40(tmp_path, url=(tmp_path / "nowhere.zip").as_uri())
+    assert str(tmp_path / name) in str(err.value) and says in str(err.value)
 
 
-@pytest.mark.parametrize("absent, subset", [
-    (["ply_data_train3.h5", "ply_data_train4.h5"], False),  # an unpacking stopped half-way
-    (["ply_data_test1.h5"], False),
-    (["ply_data_train2.h5", "ply_data_train3.h5", "ply_data_train4.h5", "ply_data_test1.h5"],
-     False),
-    (["shape_names.txt"], True),                             # a subset without class names
-])
-def test_modelnet_part_of_the_release_names_the_missing_files(tmp_path, absent, subset):
-    write_fake_modelnet(tmp_path, *([(3,), (2,)] if subset else []))
-    for name in absent:
-        (tmp_path / name).unlink()
+def test_modelnet_split_without_files(tmp_path):
+    write_fake_modelnet(tmp_path)
+    for f in tmp_path.glob("ply_data_test*.h5"):
+        f.unlink()
     with pytest.raises(data.DataError) as err:
-        data.load_modelnet40(tmp_path, download=False)
-    assert headline(err) == (f"ModelNet40 data in {tmp_path.resolve()} is incomplete: "
-                             f"{', '.join(absent)} not found.")
+        data.load_modelnet40(tmp_path, url=(tmp_path / "nowhere.zip").as_uri())
+    assert f"{tmp_path.resolve()} has no ply_data_test*.h5 file" in str(err.value)
 
 
-def test_part_of_the_release_is_completed_by_the_download(tmp_path):
-    truth = write_fake_modelnet(tmp_path / "release")
-    url = zip_folder(tmp_path / "release", tmp_path / "m.zip", "modelnet40_ply_hdf5_2048")
-    write_fake_modelnet(tmp_path / "mn")
-    for name in ("ply_data_train3.h5", "ply_data_train4.h5"):
-        (tmp_path / "mn" / name).unlink()
-    d = data.load_modelnet40(tmp_path / "mn", url=url)
-    np.testing.assert_array_equal(d["train_points"], truth["train"][0])
-    np.testing.assert_array_equal(d["train_labels"], truth["train"][1])
+# ----------------------------------------------------------------------------------------
+# Real data (skipped when ../shared/data is absent)
+
+def test_real_ppi_graph_ids_and_valid_feats(tmp_path):
+    """The loader on the real graph membership and validation features (the graph JSON and
+    the labels are fake): the real graph sizes, each graph's features its real rows."""
+    folder = need_real("ppi_fragments")
+    gids = {s: np.load(folder / f"{s}_graph_id.npy") for s in data.PPI_SPLITS}
+    write_fake_ppi(tmp_path, graph_ids=gids)
+    feats = np.load(folder / "valid_feats.npy")
+    np.save(tmp_path / "valid_feats.npy", feats)
+    d = data.load_ppi(tmp_path)
+    assert {s: tuple(len(g.x) for g in d[s]) for s in data.PPI_SPLITS} == synthetic.PPI_GRAPH_SIZES
+    for g, graph in zip(np.unique(gids["valid"]), d["valid"]):
+        assert torch.equal(graph.x, torch.tensor(feats[gids["valid"] == g], dtype=torch.float32))
 
 
-def test_ppi_part_of_the_release_names_the_missing_files(tmp_path):
-    write_fake_ppi(tmp_path)
-    (tmp_path / "valid_labels.npy").unlink()
-    with pytest.raises(data.DataError) as err:
-        data.load_ppi(tmp_path, download=False)
-    assert headline(err) == (f"PPI data in {tmp_path.resolve()} is incomplete: "
-                             f"valid_labels.npy not found.")
+def test_real_modelnet40_subset():
+    d = data.load_modelnet40(need_real("modelnet40_subset"))
+    assert d["train_points"].shape == (849, 2048, 3) and d["test_points"].shape == (178, 2048, 3)
+    assert len(d["class_names"]) == 40 and d["class_names"][0] == "airplane"
+    assert (d["train_labels"] == 0).sum() == 626 and (d["test_labels"] == 0).sum() == 100
 
 
-@pytest.mark.parametrize("name", LOADERS)
-def test_data_dir_that_is_a_file(tmp_path, name):
-    (tmp_path / "x").write_text("")
-    with pytest.raises(data.DataError, match="is not a folder"):
-        LOADERS[name][0](tmp_path / "x")
+def test_real_modelnet40_1024_labels_match_shape_ids():
+    """Every cloud's label names the class of its ModelNet40 shape id, file by file in the
+    release's order, and the per-class counts are the official split's."""
+    folder = need_real("modelnet40_1024")
+    d = data.load_modelnet40(folder)
+    counts = [line.split("\t") for line in (folder / "per_class_counts.tsv").read_text()
+              .splitlines()[1:]]
+    assert d["class_names"] == [c for _, c, _, _ in counts]
+    for split, column in (("train", 2), ("test", 3)):
+        ids = sum((json.loads(f.read_text())
+                   for f in sorted(folder.glob(f"ply_data_{split}_*_id2file.json"))), [])
+        assert [d["class_names"][c] for c in d[f"{split}_labels"]] == [i.split("/")[0]
+                                                                        for i in ids]
+        assert np.bincount(d[f"{split}_labels"], minlength=40).tolist() == [
+            int(row[column]) for row in counts]
+        assert d[f"{split}_points"].shape == (len(ids), 1024, 3)
+        assert np.isfinite(d[f"{split}_points"]).all()
+        assert np.linalg.norm(d[f"{split}_points"], axis=2).max() <= 1 + 1e-5
 
 
 # ----------------------------------------------------------------------------------------
@@ -399,15 +395,34 @@ def test_batch_graphs_offsets():
     assert torch.equal(b.edge_index, torch.cat([graphs[0].edge_index, graphs[1].edge_index + 3,
                                                 graphs[2].edge_index + 8], 1))
     assert torch.equal(b.x, torch.cat([g.x for g in graphs]))
+    assert torch.equal(b.y, torch.cat([g.y for g in graphs]))
     assert torch.equal(b.batch[b.edge_index[0]], b.batch[b.edge_index[1]])
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_graph_to_and_batch_graphs_keep_the_device(device):
+    graphs = [toy_graph(n, n) for n in (3, 5)]
+    moved = [g.to(device) for g in graphs]
+    assert all(isinstance(g, data.Graph) for g in moved)
+    for g, m in zip(graphs, moved):
+        for u, v in zip(g, m):
+            assert v.device.type == device and v.dtype == u.dtype and torch.equal(v.cpu(), u)
+    b = data.batch_graphs(moved)
+    assert all(t.device.type == device for t in b)
+    assert all(torch.equal(u.cpu(), v) for u, v in zip(b, data.batch_graphs(graphs)))
 
 
 def test_ppi_batches_cover_every_graph_once():
     graphs = [toy_graph(n, n) for n in (3, 4, 5, 6, 7)]
+
     def sizes(batches):
         out = []
         for idx, b in batches:
             assert [graphs[i].x.size(0) for i in idx] == torch.bincount(b.batch).tolist()
+            assert torch.equal(b.x, torch.cat([graphs[i].x for i in idx]))
             out.append(torch.bincount(b.batch).tolist())
         return out
 
@@ -416,35 +431,66 @@ def test_ppi_batches_cover_every_graph_once():
     assert runs[0] == runs[1] != runs[2]
     assert [len(b) for b in runs[0]] == [2, 2, 1]
     assert sorted(sum(runs[0], [])) == [3, 4, 5, 6, 7]
-    assert sizes(data.ppi_batches(graphs, 2, shuffle=False)) == [[3, 4], [5, 6], [7]]
+    assert sorted(sum(sizes(data.ppi_batches(graphs, 5)), [])) == [3, 4, 5, 6, 7]
+
+
+def test_pointcloud_test_batches_are_unaugmented():
+    points = np.random.default_rng(0).normal(size=(10, 32, 3)).astype(np.float32)
+    batches = list(data.pointcloud_batches(points, np.arange(10), 4, num_points=16))
+    assert [len(lab) for _, lab in batches] == [4, 4, 2]
+    assert torch.equal(torch.cat([p for p, _ in batches]), torch.from_numpy(points[:, :16]))
+    assert torch.equal(torch.cat([lab for _, lab in batches]), torch.arange(10))
+
+
+@pytest.mark.parametrize("kwargs", [{"num_points": 0}, {"num_points": 33},
+                                    {"labels": np.arange(9)},
+                                    {"points": np.zeros((10, 32), np.float32)}])
+def test_pointcloud_batches_errors(kwargs):
+    args = {"points": np.zeros((10, 32, 3), np.float32), "labels": np.arange(10),
+            "batch_size": 4, "num_points": 16, **kwargs}
+    with pytest.raises(ValueError, match=r"points must be \(N, P, 3\) with N labels"):
+        next(data.pointcloud_batches(**args))
+
+
+def test_pointcloud_train_augmentation():
+    points = np.random.default_rng(0).normal(size=(10, 32, 3)).astype(np.float32)
+    run = lambda seed: list(data.pointcloud_batches(  # noqa: E731
+        points, np.arange(10), 4, num_points=16, train=True,
+        generator=torch.Generator().manual_seed(seed)))
+    a, b, c = run(0), run(0), run(1)
+    assert all(torch.equal(u[0], v[0]) and torch.equal(u[1], v[1]) for u, v in zip(a, b))
+    assert not torch.equal(a[0][0], c[0][0])
+    labels = torch.cat([lab for _, lab in a])
+    assert len(a) == 2 and len(set(labels.tolist())) == 8                  # drop_last
+    for pts, lab in zip(torch.cat([p for p, _ in a]).numpy(), labels.tolist()):
+        orig = points[lab, :16]                                            # (P, 3)
+        scale = pts.std(0) / orig.std(0)                                   # (3,) per axis
+        shift = pts.mean(0) - scale * orig.mean(0)
+        assert np.all((2 / 3 - 1e-5 <= scale) & (scale <= 3 / 2 + 1e-5))
+        assert np.all(np.abs(shift) <= 0.2 + 1e-5)
+        back = (pts - shift) / scale                                       # shuffled orig
+        np.testing.assert_allclose(back[back[:, 0].argsort()], orig[orig[:, 0].argsort()],
+                                   atol=1e-4)
+        assert not np.allclose(back, orig)                                 # point order shuffled
 
 
 # ----------------------------------------------------------------------------------------
 # Synthetic PPI
 
-def test_synthetic_module_on_its_own_and_through_data():
-    """synthetic.py imports without data.py loaded first (no import cycle), and data.py
-    re-exports its generators under the names the scripts use."""
-    code = "import synthetic; assert synthetic.synthetic_ppi(0, 0.01)['synthetic']"
-    p = subprocess.run([sys.executable, "-c", code], cwd=Path(data.__file__).parent,
-                       capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
-    assert data.synthetic_ppi is synthetic.synthetic_ppi
-    assert data.synthetic_modelnet40 is synthetic.synthetic_modelnet40
-
-
 @pytest.fixture(scope="module")
 def ppi_full():
-    return data.synthetic_ppi(seed=0, scale=1.0)
+    return synthetic.synthetic_ppi(seed=0, scale=1.0)
 
 
 def test_synthetic_ppi_deterministic_and_well_formed():
-    a, b, c = data.synthetic_ppi(1, 0.05), data.synthetic_ppi(1, 0.05), data.synthetic_ppi(2, 0.05)
+    a, b, c = (synthetic.synthetic_ppi(s, 0.05) for s in (1, 1, 2))
     assert a["synthetic"] is True and [len(a[s]) for s in data.PPI_SPLITS] == [20, 2, 2]
     for ga, gb, gc in zip(*(sum((d[s] for s in data.PPI_SPLITS), []) for d in (a, b, c))):
         assert all(torch.equal(u, v) for u, v in zip(ga, gb))
         assert not torch.equal(ga.x, gc.x)
+        assert ga.x.shape == (len(ga.x), 50) and ga.y.shape == (len(ga.x), 121)
         assert ga.x.dtype == ga.y.dtype == torch.float32 and ga.edge_index.dtype == torch.int64
+        assert len(ga.x) >= synthetic.MIN_NODES and not ga.batch.any()
         j, i = ga.edge_index.tolist()
         pairs = list(zip(j, i))
         assert all(u != v for u, v in pairs) and len(set(pairs)) == len(pairs)
@@ -453,21 +499,13 @@ def test_synthetic_ppi_deterministic_and_well_formed():
 
 
 def test_synthetic_ppi_sizes_degrees_labels(ppi_full):
-    sizes = [[len(g.x) for g in ppi_full[s]] for s in data.PPI_SPLITS]
-    assert sizes == [list(synthetic.PPI_GRAPH_SIZES[s]) for s in data.PPI_SPLITS]
+    sizes = {s: tuple(len(g.x) for g in ppi_full[s]) for s in data.PPI_SPLITS}
+    assert sizes == synthetic.PPI_GRAPH_SIZES
     for g in ppi_full["train"] + ppi_full["test"]:
         deg = torch.bincount(g.edge_index[1], minlength=len(g.x)).float()
         assert 12 <= deg.mean() <= 16 and deg.max() > 5 * deg.mean()  # PPI: 14, heavy tail
     rate = torch.cat([g.y for g in ppi_full["train"]]).mean()
     assert 0.2 < rate < 0.4                                               # PPI: ~0.3
-
-
-def test_synthetic_ppi_sizes_match_real_fragments(ppi_full):
-    folder = need_real("ppi_fragments")
-    for split in data.PPI_SPLITS:
-        _, counts = np.unique(np.load(folder / f"{split}_graph_id.npy"), return_counts=True)
-        assert counts.tolist() == [len(g.x) for g in ppi_full[split]]
-    assert np.load(folder / "valid_feats.npy").shape == (6514, 50)
 
 
 def micro_f1(logits, y):
@@ -497,7 +535,7 @@ def one_thread():
 
 def test_synthetic_ppi_labels_need_several_hops(one_thread):
     """Logistic regression on x alone is clearly worse than on [x, Āx, Ā²x, Ā³x]."""
-    d = data.synthetic_ppi(seed=0, scale=0.1)
+    d = synthetic.synthetic_ppi(seed=0, scale=0.1)
     f1 = {}
     for hops in (0, 3):
         x_tr, x_te = (torch.cat([hop_features(g, hops) for g in d[s]]) for s in ("train", "test"))
@@ -518,69 +556,10 @@ def test_synthetic_ppi_labels_need_several_hops(one_thread):
 
 
 # ----------------------------------------------------------------------------------------
-# ModelNet40: real subset, batches and augmentation, synthetic stand-in
-
-def test_real_modelnet40_subset():
-    d = data.load_modelnet40(need_real("modelnet40_subset"), download=False)
-    assert d["train_points"].shape == (849, 2048, 3) and d["test_points"].shape == (178, 2048, 3)
-    assert len(d["class_names"]) == 40 and d["synthetic"] is False
-    for split in ("train", "test"):
-        assert d[f"{split}_labels"].dtype == np.int64
-        assert 0 <= d[f"{split}_labels"].min() and d[f"{split}_labels"].max() < 40
-
-
-def test_pointcloud_test_batches_are_unaugmented():
-    points = np.random.default_rng(0).normal(size=(10, 32, 3)).astype(np.float32)
-    batches = list(data.pointcloud_batches(points, np.arange(10), 4, num_points=16))
-    assert [len(lab) for _, lab in batches] == [4, 4, 2]
-    assert torch.equal(torch.cat([p for p, _ in batches]), torch.from_numpy(points[:, :16]))
-    assert torch.equal(torch.cat([lab for _, lab in batches]), torch.arange(10))
-    with pytest.raises(ValueError, match="num_points"):
-        next(data.pointcloud_batches(points, np.arange(10), 4, num_points=33))
-
-
-@pytest.mark.parametrize("kwargs, says", [
-    ({"num_points": 0}, "num_points=0"),
-    ({"batch_size": 0}, "batch_size must be >= 1"),
-    ({"labels": np.arange(9)}, "with N labels"),
-])
-def test_pointcloud_batches_errors(kwargs, says):
-    args = {"points": np.zeros((10, 32, 3), np.float32), "labels": np.arange(10),
-            "batch_size": 4, "num_points": 16, **kwargs}
-    with pytest.raises(ValueError, match=says):
-        next(data.pointcloud_batches(**args))
-
-
-def test_ppi_batches_batch_size_error():
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
-        next(data.ppi_batches([toy_graph(3, 0)], 0))
-
-
-def test_pointcloud_train_augmentation():
-    points = np.random.default_rng(0).normal(size=(10, 32, 3)).astype(np.float32)
-    run = lambda seed: list(data.pointcloud_batches(  # noqa: E731
-        points, np.arange(10), 4, num_points=16, train=True,
-        generator=torch.Generator().manual_seed(seed)))
-    a, b, c = run(0), run(0), run(1)
-    assert all(torch.equal(u[0], v[0]) and torch.equal(u[1], v[1]) for u, v in zip(a, b))
-    assert not torch.equal(a[0][0], c[0][0])
-    labels = torch.cat([lab for _, lab in a])
-    assert len(a) == 2 and len(set(labels.tolist())) == 8                  # drop_last
-    for pts, lab in zip(torch.cat([p for p, _ in a]).numpy(), labels.tolist()):
-        orig = points[lab, :16]                                            # (P, 3)
-        scale = pts.std(0) / orig.std(0)                                   # (3,) per axis
-        shift = pts.mean(0) - scale * orig.mean(0)
-        assert np.all((2 / 3 - 1e-5 <= scale) & (scale <= 3 / 2 + 1e-5))
-        assert np.all(np.abs(shift) <= 0.2 + 1e-5)
-        back = (pts - shift) / scale                                       # shuffled orig
-        np.testing.assert_allclose(back[back[:, 0].argsort()], orig[orig[:, 0].argsort()],
-                                   atol=1e-4)
-        assert not np.allclose(back, orig)                                 # point order shuffled
-
+# Synthetic ModelNet40
 
 def test_synthetic_modelnet40_deterministic_and_normalised():
-    a, b = (data.synthetic_modelnet40(2, 1, seed=3) for _ in range(2))
-    c = data.synthetic_modelnet40(2, 1, seed=4)
+    a, b, c = (synthetic.synthetic_modelnet40(2, 1, seed=s) for s in (3, 3, 4))
     assert a["synthetic"] is True and len(set(a["class_names"])) == 40
     assert all(n.startswith("synthetic_") for n in a["class_names"])
     for split, n in (("train", 80), ("test", 40)):
@@ -591,13 +570,14 @@ def test_synthetic_modelnet40_deterministic_and_normalised():
         assert not np.array_equal(pts, c[f"{split}_points"])
         np.testing.assert_allclose(pts.mean(1), 0, atol=1e-5)
         np.testing.assert_allclose(np.linalg.norm(pts, axis=2).max(1), 1, atol=1e-5)
-    assert data.synthetic_modelnet40(1, 1, num_points=4096)["test_points"].shape == (40, 4096, 3)
+    big = synthetic.synthetic_modelnet40(1, 1, num_points=4096)
+    assert big["test_points"].shape == (40, 4096, 3)
 
 
 def test_synthetic_modelnet40_classes_are_distinct():
     """A nearest-class-mean classifier on pose-invariant histograms (distance to the centre,
     height) is far above chance (2.5%) but not perfect."""
-    d = data.synthetic_modelnet40(seed=0)
+    d = synthetic.synthetic_modelnet40(seed=0)
 
     def describe(pts):                                                    # (N, P, 3) -> (N, 32)
         r = np.linalg.norm(pts, axis=2)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
-from models import (DGCNN, GAT, EdgeConv, GATConv, add_self_loops, dgcnn_student,
+from models import (DGCNN, GAT, EdgeConv, GATConv, dgcnn_student,
                     dgcnn_teacher, gat_student, gat_teacher, knn_graph, num_params,
                     scatter_softmax)
 
@@ -212,28 +212,6 @@ def test_gat_matches_stacked_dense_layers():
     torch.testing.assert_close(logits, ref_logits, rtol=1e-10, atol=1e-10)
 
 
-def test_gat_self_loops_flag_equals_manual_loops():
-    torch.manual_seed(0)
-    N = 14
-    with_loops = GAT(5, [6, 7], [2, 3, 2], 4, self_loops=True).double()
-    plain = GAT(5, [6, 7], [2, 3, 2], 4, self_loops=False).double()
-    plain.load_state_dict(with_loops.state_dict())
-    x = torch.randn(N, 5, dtype=torch.float64)
-    edge_index = random_edges(N, 40, seed=5)                 # contains some self-loops
-    out = with_loops(x, edge_index)
-    ref = plain(x, add_self_loops(edge_index, N))
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    # and self-loops do change the output (the flag is not a no-op)
-    assert not torch.allclose(out, plain(x, edge_index))
-
-
-def test_add_self_loops_exactly_one_per_node():
-    edge_index = torch.tensor([[0, 1, 1, 2, 3], [1, 1, 2, 2, 0]])
-    out = add_self_loops(edge_index, 5)
-    edges = sorted(map(tuple, out.t().tolist()))
-    assert edges == sorted([(0, 1), (1, 2), (3, 0)] + [(n, n) for n in range(5)])
-
-
 def test_gat_heads_mismatch_raises():
     with pytest.raises(ValueError):
         GAT(50, [68, 68], [2, 2], 121)
@@ -278,15 +256,6 @@ def test_knn_graph_matches_kdtree(dtype, F_dim, k):
     g = torch.Generator().manual_seed(10 * k + F_dim)
     x = torch.randn(3, 50, F_dim, generator=g, dtype=torch.float64).to(dtype)
     check_knn_against_kdtree(x, k, tol=0.0 if dtype == torch.float64 else 1e-4)
-
-
-def test_knn_graph_ignores_autocast():
-    # --teacher-amp runs the frozen teacher under autocast: its neighbours must still be the
-    # float32 ones it was trained with (bfloat16 distances pick others for most points)
-    x = torch.randn(2, 256, 16, generator=torch.Generator().manual_seed(0))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        amp = knn_graph(x, 20)
-    assert torch.equal(amp, knn_graph(x, 20))
 
 
 def test_knn_graph_k_equals_p_and_errors():
@@ -343,9 +312,10 @@ def test_edgeconv_eval_matches_loop():
     conv = make_edgeconv(4, 6, seed=0).eval()
     x = torch.randn(2, 9, 4, dtype=torch.float64)
     edge_index = knn_graph(x, 4)
-    out = conv(x.view(18, 4), edge_index)
-    torch.testing.assert_close(out, edgeconv_loop(conv, x.view(18, 4), edge_index),
-                               rtol=1e-10, atol=1e-10)
+    for k in (None, 4):  # the generic path and the fused one for knn_graph's layout
+        out = conv(x.view(18, 4), edge_index, k)
+        torch.testing.assert_close(out, edgeconv_loop(conv, x.view(18, 4), edge_index),
+                                   rtol=1e-10, atol=1e-10)
     # an arbitrary graph with a node (5) without incoming edges -> 0
     edge_index = random_edges(18, 50, seed=6)
     edge_index = edge_index[:, edge_index[1] != 5]
@@ -357,8 +327,8 @@ def test_edgeconv_eval_matches_loop():
 
 @pytest.mark.parametrize("train", [False, True])
 def test_edgeconv_fused_eval_path_used_and_equal_to_literal(train, monkeypatch):
-    """In eval mode on a knn_graph, forward hands over to forward_eval_knn (and only then);
-    its output equals the literal edge-by-edge path, reached here by shuffling the edges."""
+    """In eval mode on a knn_graph (k given), forward hands over to forward_eval_knn (and
+    only then); its output equals the literal edge-by-edge path on the shuffled edges."""
     conv = make_edgeconv(5, 7, seed=2).train(train)
     x = torch.randn(3, 11, 5, dtype=torch.float64).view(33, 5)
     edge_index = knn_graph(x.view(3, 11, 5), 4)
@@ -366,7 +336,7 @@ def test_edgeconv_fused_eval_path_used_and_equal_to_literal(train, monkeypatch):
     calls = []
     fused = conv.forward_eval_knn
     monkeypatch.setattr(conv, "forward_eval_knn", lambda *a: calls.append(1) or fused(*a))
-    out = conv(x, edge_index)
+    out = conv(x, edge_index, 4)
     assert len(calls) == (0 if train else 1)
     if not train:
         torch.testing.assert_close(out, fused(x, edge_index[0].view(33, 4)), rtol=0, atol=0)
@@ -379,9 +349,10 @@ def test_edgeconv_train_mode_matches_loop():
     conv = make_edgeconv(3, 5, seed=1).train()
     x = torch.randn(2, 8, 3, dtype=torch.float64)
     edge_index = knn_graph(x, 3)
-    out = conv(x.view(16, 3), edge_index)
     ref = edgeconv_loop(conv, x.view(16, 3), edge_index, train_stats=True)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for k in (None, 3):  # a max over the reshaped (N, k, F) edges when k is given
+        out = conv(x.view(16, 3), edge_index, k)
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,417 +1,334 @@
-"""The two experiment scripts end to end (`--dry-run` as a subprocess), their error paths,
-their command lines, the metrics they report and what they share in experiment.py."""
-import argparse
+"""The two scripts end to end, in-process (`main(argv)`): every method on tiny synthetic data,
+what a run writes, its one-line errors, a seeded run repeating bit for bit, a stopped run
+resuming to the same results, a finished run's results kept, the teacher trained once and
+reused only for its own settings and data, checkpoints read as weights only, the inert-LSP
+warning; and the scripts' metrics against hand-computed values."""
+import glob
 import json
 import os
-import subprocess
-import sys
+import pickle
 
 import pytest
 import torch
 
-import bench
-import experiment
-import lsp_kd
-import runs
+import common
 import train_modelnet
 import train_ppi
-from models import DGCNN, gat_student
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(script, *args, cwd=None):
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+SCRIPTS = {"ppi": train_ppi, "modelnet": train_modelnet}
 
 
-def results(out_dir):
-    """(the run's folder, its results) of the one run in out_dir."""
-    (run_dir,) = [p for p in sorted(os.scandir(out_dir), key=lambda e: e.name) if p.is_dir()]
-    with open(os.path.join(run_dir.path, "results.json")) as f:
-        return run_dir.path, json.load(f)
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """Every test in its own folder: checkpoints/ and runs/ land there."""
+    monkeypatch.chdir(tmp_path)
+
+
+def run(script, *argv, capsys=None):
+    """main(argv) of a script -> its results.json (the one run under --out-dir, or under
+    runs/ when none is given)."""
+    SCRIPTS[script].main(list(argv))
+    out = argv[argv.index("--out-dir") + 1] if "--out-dir" in argv else "runs"
+    (path,) = glob.glob(os.path.join(out, "**", "results.json"), recursive=True)
+    with open(path) as f:
+        return json.load(f)
+
+
+def error_line(capsys, call, status=None, lines=1):
+    """call() must end with SystemExit and one `error:` line on stderr (a data error's
+    explanation takes more lines); -> what it printed."""
+    with pytest.raises(SystemExit) as exit_:
+        call()
+    err = capsys.readouterr().err.strip() or str(exit_.value.code)
+    assert exit_.value.code not in (0, None) and (status is None or exit_.value.code == status)
+    assert "Traceback" not in err and len(err.splitlines()) == lines, err
+    assert err.startswith("error: "), err
+    return err
 
 
 # ----------------------------------------------------------------------------------------
-# PPI
+# Every method, what a run writes
 
-@pytest.mark.parametrize("flags", [[], ["--lsp"], ["--lsp", "--kernel", "poly"], ["--kd"],
-                                   ["--at"], ["--fitnet"], ["--official"],
-                                   ["--lsp", "--kd", "--at", "--fitnet", "--kernel", "l2"]])
-def test_ppi_dry_run(tmp_path, flags):
-    p = run("train_ppi.py", "--data", "synthetic", "--dry-run", "--out-dir", str(tmp_path),
-            *flags)
-    assert p.returncode == 0, p.stderr
-    run_dir, res = results(tmp_path)
-    assert "synthetic" in os.path.basename(run_dir) and res["synthetic"] is True
-    assert all(line.startswith("[synthetic]") for line in p.stdout.splitlines())
-    assert 0.0 <= res["test_f1"] <= 1.0 and res["ls_kl"] >= 0.0
-    with open(os.path.join(run_dir, "cost.json")) as f:
-        cost = json.load(f)
-    assert cost["student"]["memory"] in experiment.MEMORY.values()
-    assert cost["student"]["memory"] in p.stdout
-    assert res["params"] == 185_172 and res["teacher"]["params"] == 3_640_748
-    assert "best-validation epoch" in p.stdout
-    if "--lsp" in flags or "--official" in flags:
-        assert "lsp" in res["method"] and "| lsp " in p.stdout
-    with open(os.path.join(run_dir, "args.json")) as f:
-        assert json.load(f)["dry_run"] is True
+TERM = {"--lsp": "lsp", "--official": "lsp", "--kd": "kd", "--at": "at", "--fitnet": "fitnet",
+        "--hkd": "hkd"}
 
 
-def test_ppi_offline_error_is_clear(tmp_path):
-    data_dir = tmp_path / "ppi"
-    p = run("train_ppi.py", "--data", "ppi", "--data-dir", str(data_dir), "--url",
-            (tmp_path / "nowhere" / "ppi.zip").as_uri(), "--dry-run", "--out-dir",
-            str(tmp_path / "out"))
-    assert p.returncode != 0
-    assert "Traceback" not in p.stderr
-    assert "--data synthetic" in p.stderr and "ppi.zip" in p.stderr
-    leftovers = [n for n in os.listdir(data_dir)] if data_dir.exists() else []
-    assert leftovers == [], leftovers
-
-
-@pytest.mark.parametrize("flags, message", [
-    (["--kernel", "gaussian"], "invalid choice"),
-    (["--lsp-weight", "-1"], "--lsp-weight must be >= 0"),
-    (["--lsp-layer-s", "7"], "must be a hidden layer"),
-    (["--teacher-epochs", "0"], "--teacher-epochs must be >= 1"),
+@pytest.mark.parametrize("script, flags, method", [
+    ("ppi", [], "Student_Full"),
+    ("ppi", ["--lsp"], "Student_lsp_rbf"),
+    ("ppi", ["--lsp", "--sigma", "auto"], "Student_lsp_rbf-sigmaauto"),
+    ("ppi", ["--lsp", "--kernel", "poly"], "Student_lsp_poly"),
+    ("ppi", ["--official"], "Student_lsp_official"),
+    ("ppi", ["--kd", "--at", "--fitnet", "--hkd"], "Student_kd+at+fitnet+hkd"),
+    ("modelnet", [], "Student_Full"),
+    ("modelnet", ["--lsp", "--kernel", "l2"], "Student_lsp_l2"),
+    ("modelnet", ["--lsp", "--sigma", "auto", "--variant", "layers"],
+     "Student[layers]_lsp_rbf-sigmaauto"),
+    ("modelnet", ["--kd", "--at", "--fitnet", "--hkd"], "Student_kd+at+fitnet+hkd"),
 ])
-def test_ppi_bad_input(tmp_path, flags, message):
-    p = run("train_ppi.py", "--data", "synthetic", "--dry-run", "--out-dir", str(tmp_path),
-            *flags)
-    assert p.returncode != 0 and message in p.stderr and "Traceback" not in p.stderr
+def test_dry_run(script, flags, method, capsys):
+    res = run(script, "--dry-run", "--out-dir", "out", *flags)
+    out = capsys.readouterr().out
+    assert res["method"] == method and res["synthetic"] is True and res["seed"] == 0
+    assert all(line.startswith("[synthetic] ") for line in out.splitlines())
+    (run_dir,) = glob.glob("out/*")
+    assert sorted(os.listdir(run_dir)) == ["args.json", "ckpt.pt", "log.txt", "results.json",
+                                           "teacher.pt"]
+    with open(os.path.join(run_dir, "log.txt")) as f:              # all that was printed
+        assert [line for line in f.read().splitlines() if "warning: " not in line] == \
+            out.splitlines()
+    terms = {TERM[f] for f in flags if f in TERM}
+    for term in TERM.values():                                     # a column per term
+        assert (f"| {term} " in out) == (term in terms)
+    score = "test_f1" if script == "ppi" else "acc"
+    for metrics in (res, res["structure_by_epoch"]["0"], res["structure_by_epoch"]["1"]):
+        assert 0 <= metrics[score] <= 1 and metrics["ls_kl"] >= 0 and metrics["ls_kl_auto"] > 0
+        assert -1 <= metrics["rank_corr"] <= 1
+    assert (res["teacher"]["structure"] is None) == ("lsp" not in method)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_request_without_cuda(tmp_path):
-    for script in ("train_ppi.py", "train_modelnet.py"):
-        p = run(script, "--data", "synthetic", "--dry-run", "--device", "cuda", "--out-dir",
-                str(tmp_path))
-        assert p.returncode != 0 and "--device cuda" in p.stderr
-        assert "Traceback" not in p.stderr
-
-
-def test_ppi_teacher_of_another_architecture(tmp_path):
-    wrong = gat_student()  # a student where a teacher is expected
-    ckpt = tmp_path / "wrong.pt"
-    torch.save({"model": wrong.state_dict(), "arch": runs.arch_of(wrong), "config": {},
-                "epoch": 0, "best_val": 0.0}, ckpt)
-    p = run("train_ppi.py", "--data", "synthetic", "--dry-run", "--teacher-ckpt", str(ckpt),
-            "--out-dir", str(tmp_path))
-    assert p.returncode != 0 and "another architecture" in p.stderr
-    assert "Traceback" not in p.stderr
-
-
-@pytest.mark.parametrize("script", ["train_ppi.py", "train_modelnet.py"])
-def test_teacher_seed_decides_the_teacher(tmp_path, script):
-    """--teacher-seed, not the student's --seed, seeds the teacher's initialisation and batch
-    order: runs that train a teacher train the same one whatever --seed, another with
-    another --teacher-seed."""
-    teachers = []
-    for name, flags in (("a", []), ("b", ["--seed", "5"]), ("c", ["--teacher-seed", "7"])):
-        p = run(script, "--data", "synthetic", "--dry-run", "--out-dir", str(tmp_path / name),
-                *flags)
-        assert p.returncode == 0, p.stderr
-        run_dir, _ = results(tmp_path / name)
-        teachers.append(torch.load(os.path.join(run_dir, "teacher.pt"), weights_only=False))
-    a, b, c = (t["model"] for t in teachers)
-    for k, v in a.items():
-        torch.testing.assert_close(v, b[k], rtol=1e-4, atol=1e-5)
-    assert any(not torch.allclose(v, c[k]) for k, v in a.items() if v.is_floating_point())
+def test_help_shows_every_flag_with_its_default(capsys):
+    for script in SCRIPTS.values():
+        with pytest.raises(SystemExit):
+            script.main(["--help"])
+        text = capsys.readouterr().out
+        flags = [w for w in text.split() if w.startswith("--")]
+        assert len(set(flags)) <= 26 and "(default: 100.0)" in text  # λ = 100, the paper's
 
 
 def test_micro_f1_hand_computed():
-    # 3 nodes x 2 labels; predicted positive where logit > 0
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.3], [-3.0, 0.0]])
     y = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-    # TP: (0,0), (1,1) = 2; FP: (1,0) = 1; FN: (2,0), (2,1) = 2 (a logit of exactly 0 is
-    # not > 0)  ->  F1 = 2·2 / (2·2 + 1 + 2) = 4/7
+    # TP (0,0), (1,1); FP (1,0); FN (2,0), (2,1) (a logit of 0 is not > 0): 4 / (4 + 1 + 2)
     assert train_ppi.micro_f1(logits, y) == pytest.approx(4 / 7)
     assert train_ppi.micro_f1(torch.ones(2, 3), torch.ones(2, 3)) == 1.0
     assert train_ppi.micro_f1(-torch.ones(2, 3), torch.ones(2, 3)) == 0.0
 
 
-# ----------------------------------------------------------------------------------------
-# ModelNet40
-
-@pytest.mark.parametrize("flags", [[], ["--lsp"], ["--kd"], ["--at", "--fitnet"],
-                                   ["--lsp", "--kernel", "linear", "--variant", "layers"],
-                                   ["--lsp", "--kd", "--teacher-amp"]])
-def test_modelnet_dry_run(tmp_path, flags):
-    p = run("train_modelnet.py", "--data", "synthetic", "--dry-run", "--out-dir",
-            str(tmp_path), *flags)
-    assert p.returncode == 0, p.stderr
-    run_dir, res = results(tmp_path)
-    assert "synthetic" in os.path.basename(run_dir) and res["synthetic"] is True
-    assert all(line.startswith("[synthetic]") for line in p.stdout.splitlines())
-    assert 0.0 <= res["acc"] <= 1.0 and 0.0 <= res["macc"] <= 1.0 and res["ls_kl"] >= 0.0
-    assert res["teacher"]["params"] == 1_809_576
-    assert res["params"] == (124_264 if "layers" in flags else 99_560)
-    assert "last epoch" in p.stdout
-
-
-@pytest.mark.parametrize("flags, message", [
-    (["--num-points", "16"], "--num-points must be > 20"),
-    (["--k-s", "0"], "must be in"),
-    (["--lsp-layer", "9"], "must be an EdgeConv layer"),
-    (["--epochs", "0"], "must be >= 1"),
-])
-def test_modelnet_bad_input(tmp_path, flags, message):
-    p = run("train_modelnet.py", "--data", "synthetic", "--dry-run", "--out-dir",
-            str(tmp_path), *flags)
-    assert p.returncode != 0 and message in p.stderr and "Traceback" not in p.stderr
-
-
-def test_modelnet_more_points_than_the_files_hold(tmp_path):
-    import h5py
-    import numpy as np
-    for split in ("train", "test"):  # a tiny release in the real layout, 64 points a cloud
-        with h5py.File(tmp_path / f"ply_data_{split}0.h5", "w") as f:
-            f["data"] = np.random.rand(4, 64, 3).astype(np.float32)
-            f["label"] = np.arange(4, dtype=np.uint8).reshape(4, 1)
-    (tmp_path / "shape_names.txt").write_text("\n".join(f"c{i}" for i in range(40)) + "\n")
-    p = run("train_modelnet.py", "--data", "modelnet40", "--data-dir", str(tmp_path),
-            "--num-points", "128",
-            "--dry-run", "--out-dir", str(tmp_path / "o"))
-    assert p.returncode != 0 and "Traceback" not in p.stderr
-    assert "more than the 64 points" in p.stderr
-
-
-def test_modelnet_offline_error_is_clear(tmp_path):
-    data_dir = tmp_path / "mn40"
-    p = run("train_modelnet.py", "--data", "modelnet40", "--data-dir", str(data_dir), "--url",
-            (tmp_path / "nowhere.zip").as_uri(), "--dry-run", "--out-dir", str(tmp_path / "o"))
-    assert p.returncode != 0 and "Traceback" not in p.stderr
-    assert "--data synthetic" in p.stderr
-    assert not data_dir.exists() or os.listdir(data_dir) == []
-
-
-def test_modelnet_teacher_of_another_architecture(tmp_path):
-    wrong = DGCNN((8, 8), emb_dim=0, pool="max", mlp=(16,), k=4)
-    ckpt = tmp_path / "wrong.pt"
-    torch.save({"model": wrong.state_dict(), "arch": runs.arch_of(wrong), "config": {},
-                "epoch": 0}, ckpt)
-    p = run("train_modelnet.py", "--data", "synthetic", "--dry-run", "--teacher-ckpt",
-            str(ckpt), "--out-dir", str(tmp_path))
-    assert p.returncode != 0 and "another architecture" in p.stderr
-
-
 def test_accuracy_and_mean_class_accuracy():
-    pred = torch.tensor([0, 0, 1, 2, 2, 2])
-    labels = torch.tensor([0, 1, 1, 2, 2, 0])
-    acc, macc = train_modelnet.accuracy(pred, labels, num_classes=5)
-    assert acc == pytest.approx(4 / 6)
-    # classes present: 0 (1 of 2), 1 (1 of 2), 2 (2 of 2); classes 3, 4 absent
-    assert macc == pytest.approx((0.5 + 0.5 + 1.0) / 3)
-    # exact fractions, not float32 means: 133 of 160 is 0.83125, as are its class means
-    labels = torch.zeros(160, dtype=torch.long)
-    pred = (torch.arange(160) >= 133).long()
-    assert train_modelnet.accuracy(pred, labels, num_classes=2) == (133 / 160, 133 / 160)
+    pred, labels = torch.tensor([0, 0, 1, 2, 2, 2]), torch.tensor([0, 1, 1, 2, 2, 0])
+    acc, macc = train_modelnet.accuracy(pred, labels)
+    assert acc == pytest.approx(4 / 6) and macc == pytest.approx((0.5 + 0.5 + 1.0) / 3)
+    labels, pred = torch.zeros(160, dtype=torch.long), (torch.arange(160) >= 133).long()
+    assert train_modelnet.accuracy(pred, labels) == (133 / 160, 133 / 160)  # exact fractions
 
 
 # ----------------------------------------------------------------------------------------
-# The command lines
+# One line for a bad input
 
-@pytest.mark.parametrize("module", [train_ppi, train_modelnet, bench])
-def test_every_flag_has_a_help_that_shows_its_default(module):
-    parser = module.make_parser()
-    text = parser.format_help()
-    for action in parser._actions:
-        if action.dest == "help":
-            continue
-        assert action.help, action.option_strings
-        assert "default" not in action.help.lower(), action.help  # argparse adds it once
-    assert ("(default: 10)" if module is bench else "(default: 100.0)") in text  # a number
-
-
-@pytest.mark.parametrize("flags", [["--kernel", "rbf"], ["--lsp-weight", "100"],
-                                   ["--lsp-epochs", "30"], ["--lsp-layer-s", "-1"],
-                                   ["--teacher-first"], ["--sigma", "auto"], ["--degree", "3"],
-                                   ["--c", "1"]])
-def test_official_refuses_the_flags_it_sets(flags, capsys):
-    with pytest.raises(SystemExit) as err:  # even at its own or at the paper's value
-        train_ppi.get_args(["--official", *flags])
-    assert err.value.code == 2
-    (line,) = [l for l in capsys.readouterr().err.splitlines() if "error:" in l]
-    assert flags[0] in line and "--official" in line
-
-
-def test_official_sets_its_recipe():
-    args = train_ppi.get_args(["--official", "--lsp"])  # --lsp agrees with it: accepted
-    assert args.lsp and args.teacher_first and args.kernel == "l1_official"
-    assert (args.lsp_weight, args.lsp_epochs, args.lsp_layer_s) == (1.0, 30, 2)
-    assert train_ppi.method_name(args) == "Student_lsp_official"
+@pytest.mark.parametrize("script, flags, says", [
+    ("ppi", ["--epochs", "0"], "--epochs must be >= 1"),
+    ("ppi", ["--lr", "0"], "--lr must be a finite number > 0"),
+    ("ppi", ["--lr", "nan"], "--lr must be"),
+    ("ppi", ["--lsp", "--lsp-weight", "-1"], "--lsp-weight must be"),
+    ("ppi", ["--lsp", "--sigma", "0"], "--sigma must be"),
+    ("ppi", ["--lsp", "--sigma", "inf"], "--sigma must be"),
+    ("ppi", ["--lsp", "--sigma", "big"], "--sigma"),
+    ("ppi", ["--sigma", "auto"], "would do nothing without --lsp"),
+    ("ppi", ["--kernel", "poly"], "would do nothing without --lsp"),
+    ("ppi", ["--lsp", "--kernel", "poly", "--sigma", "2"], "--sigma would do nothing"),
+    ("ppi", ["--official", "--kernel", "l2"], "--official sets"),
+    ("ppi", ["--scale", "0"], "--scale must be in (0, 1]"),
+    ("ppi", ["--seed", "-1"], "--seed must be"),
+    ("ppi", ["--kernel", "cosine"], "invalid choice"),
+    ("modelnet", ["--num-points", "20"], "--num-points must be > 20"),
+    ("modelnet", ["--save-epochs", "2"], "--save-epochs must be epochs in [1, --epochs = 1]"),
+    ("modelnet", ["--official"], "unrecognized arguments: --official"),
+])
+def test_bad_flags_end_in_one_error_line(script, flags, says, capsys):
+    err = error_line(capsys, lambda: SCRIPTS[script].main(["--dry-run", *flags]), status=2)
+    assert says in err
+    assert not os.path.exists("runs")                          # refused before any run
 
 
-def test_given_flags_tells_explicit_from_default():
-    p = train_modelnet.make_parser()
-    assert runs.given_flags(p, []) == set()
-    assert runs.given_flags(p, ["--k-s", "10", "--lsp", "--data-seed", "0"]) == {
-        "k_s", "lsp", "data_seed"}
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")
+def test_cuda_without_a_gpu(capsys):
+    assert "--device cuda" in error_line(capsys, lambda: train_ppi.main(["--dry-run",
+                                                                           "--device", "cuda"]))
 
 
-# ----------------------------------------------------------------------------------------
-# experiment.py: the distillation terms, the memory measure, the paper's figures
-
-def test_distill_terms_match_the_losses_and_weigh_as_eq7():
-    g = torch.Generator().manual_seed(0)
-    N, ei = 30, torch.randint(0, 30, (2, 120), generator=g)
-    f_s, f_t = torch.randn(N, 6, generator=g), torch.randn(N, 9, generator=g)
-    logits_s, logits_t = torch.randn(N, 5, generator=g), torch.randn(N, 5, generator=g)
-    batch, reg = torch.arange(N) // 10, torch.nn.Linear(6, 9)
-    p = argparse.ArgumentParser()
-    experiment.add_distill_args(p)
-    args = p.parse_args(["--lsp", "--kd", "--at", "--fitnet", "--sigma", "2"])
-    # a fixed graph, the teacher's log LS^t cached (PPI)
-    cached = experiment.TeacherOutput(f_t, logits_t, log_ls=lsp_kd.log_local_structure(
-        f_t, ei, "rbf", sigma=2.0))
-    terms = experiment.distill_terms(args, f_s, logits_s, ei, cached, batch, reg,
-                                     multilabel=True)
-    assert list(terms) == ["kd", "lsp", "at", "fitnet"]
-    torch.testing.assert_close(terms["lsp"], lsp_kd.lsp_loss(f_s, f_t, ei, "rbf", sigma=2.0))
-    torch.testing.assert_close(terms["kd"], lsp_kd.kd_loss(logits_s, logits_t, multilabel=True))
-    torch.testing.assert_close(terms["at"], lsp_kd.at_loss(f_s, f_t, batch))
-    torch.testing.assert_close(terms["fitnet"], lsp_kd.fitnet_loss(f_s, f_t, reg))
-    task = torch.tensor(0.7)
-    want = 0.9 * task + 0.1 * terms["kd"] + 100 * terms["lsp"] + 1000 * terms["at"] \
-        + terms["fitnet"]
-    torch.testing.assert_close(experiment.total_loss(args, task, terms), want)
-    # the teacher's own graph (ModelNet40): LSP over the union E^u (Sec. 3.5); LSP skipped
-    ei_t = torch.randint(0, N, (2, 90), generator=g)
-    dynamic = experiment.TeacherOutput(f_t, logits_t, edge_index=ei_t)
-    terms = experiment.distill_terms(args, f_s, logits_s, ei, dynamic, batch, reg)
-    union = lsp_kd.union_graph(ei, ei_t, N)
-    torch.testing.assert_close(terms["lsp"], lsp_kd.lsp_loss(f_s, f_t, union, "rbf", sigma=2.0))
-    assert "lsp" not in experiment.distill_terms(args, f_s, logits_s, ei, dynamic, batch, reg,
-                                                 with_lsp=False)
+@pytest.mark.parametrize("script, folder, release", [
+    ("ppi", "--data-dir", "ppi.zip"),
+    ("modelnet", "--data-dir", "modelnet40_ply_hdf5_2048.zip")])
+def test_broken_data_ends_in_one_error_line(script, folder, release, capsys):
+    os.makedirs("d")
+    with open(os.path.join("d", release), "wb") as f:         # a release zip that is not one
+        f.write(b"not a zip" * 10)
+    data = "ppi" if script == "ppi" else "modelnet40"
+    err = error_line(capsys, lambda: SCRIPTS[script].main(["--data", data, folder, "d"]),
+                     lines=3)
+    assert release in err and "--data synthetic" in err
+    assert not glob.glob("runs/**/results.json", recursive=True)
 
 
-def test_distill_terms_with_sigma_auto_equal_lsp_loss():
-    """--sigma auto in a training step: the student's σ is its median on the step's graph, the
-    teacher's fixed by the script; with the teacher's median on the same graph, the term is
-    lsp_loss(sigma="auto"), and the student's σ is reported as sigma_s."""
-    g = torch.Generator().manual_seed(1)
-    N, ei = 40, torch.randint(0, 40, (2, 200), generator=g)
-    f_s, f_t = 3 * torch.randn(N, 6, generator=g), 20 * torch.randn(N, 9, generator=g)
-    p = argparse.ArgumentParser()
-    experiment.add_distill_args(p)
-    args = p.parse_args(["--lsp", "--sigma", "auto"])
-    sigma_t = lsp_kd.median_sigma(f_t, ei)
-    want = lsp_kd.lsp_loss(f_s, f_t, ei, "rbf", sigma="auto")
-    cached = experiment.TeacherOutput(f_t, log_ls=lsp_kd.log_local_structure(
-        f_t, ei, "rbf", sigma=sigma_t), sigma=sigma_t)                # PPI: cached once
-    for out_t in (cached, experiment.TeacherOutput(f_t, sigma=sigma_t),     # given σ_t
-                  experiment.TeacherOutput(f_t)):                     # None: this graph's
-        terms = experiment.distill_terms(args, f_s, None, ei, out_t, None)
-        assert list(terms) == ["lsp", "sigma_s"]
-        torch.testing.assert_close(terms["lsp"], want)
-        assert terms["sigma_s"].item() == pytest.approx(lsp_kd.median_sigma(f_s, ei))
-    # ModelNet40: over the union graph, σ_t fixed by the script
-    ei_t = torch.randint(0, N, (2, 150), generator=g)
-    union = lsp_kd.union_graph(ei, ei_t, N)
-    terms = experiment.distill_terms(args, f_s, None, ei, experiment.TeacherOutput(
-        f_t, edge_index=ei_t, sigma=lsp_kd.median_sigma(f_t, union)), None)
-    torch.testing.assert_close(terms["lsp"], lsp_kd.lsp_loss(f_s, f_t, union, "rbf",
-                                                             sigma="auto"))
+def test_a_diverged_student_ends_in_one_error_line(capsys):
+    err = error_line(capsys, lambda: train_ppi.main(["--dry-run", "--lr", "1e30"]))
+    assert "diverged" in err
+    (log,) = glob.glob("runs/ppi/*/log.txt")
+    with open(log) as f:
+        assert f.read().splitlines()[-1].endswith(err)       # also the log's last line
+    assert not glob.glob("runs/**/results.json", recursive=True)
 
 
-@pytest.mark.parametrize("script", ["train_ppi.py", "train_modelnet.py"])
-@pytest.mark.parametrize("flags, unused", [(["--kernel", "poly", "--sigma", "2"], "--sigma"),
-                                           (["--sigma", "auto", "--kernel", "l2"], "--sigma"),
-                                           (["--degree", "3"], "--degree"),
-                                           (["--kernel", "linear", "--c", "1"], "--c")])
-def test_kernel_flags_the_kernel_would_ignore_are_refused(script, flags, unused, capsys):
-    module = train_ppi if script == "train_ppi.py" else train_modelnet
-    with pytest.raises(SystemExit) as err:
-        module.get_args(["--lsp", *flags])
-    assert err.value.code == 2
-    (line,) = [l for l in capsys.readouterr().err.splitlines() if "error:" in l]
-    assert unused in line and "would do nothing" in line
+def test_ctrl_c_ends_in_one_line_and_status_130(monkeypatch, capsys):
+    def interrupt(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_ppi, "train_step", interrupt)
+    with pytest.raises(SystemExit) as exit_:
+        common.main_guard(lambda: train_ppi.main(["--dry-run"]))
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 130 and err.startswith("interrupted: rerun the same command")
 
 
-def test_meter_peak_belongs_to_its_phase():
-    """A phase's peak does not hold an earlier, larger one (the teacher's before a student's)."""
-    cpu = torch.device("cpu")
-    big = torch.ones(256 * 2**20 // 4)  # 256 MiB, written
-    earlier = experiment.Meter(cpu).peak_mb()
-    del big
-    meter = experiment.Meter(cpu)
-    if meter.measure != "clear_refs":
-        pytest.skip("the peak RSS cannot be reset on this system")
-    small = torch.ones(16 * 2**20 // 4)  # 16 MiB
-    assert meter.peak_mb() < earlier - 128
-    assert meter.memory == experiment.MEMORY["clear_refs"] and small.sum() > 0
-
-
-def test_paper_cells():
-    assert experiment.paper_cells("ppi", "teacher") == "3.64M 48.5ms 1.7s / 3.4G 97.6"
-    assert experiment.paper_cells("ppi", "kd") == "0.16M - - not run"
-    assert experiment.paper_cells("ppi", None) == "- - - -"
-    assert experiment.paper_cells("modelnet", "lsp_l2") == "0.1M - - 91.4 88.3"
-    assert experiment.paper_cells("modelnet", None) == "- - - - -"
+def test_a_long_run_says_so_after_its_first_epoch(monkeypatch, capsys):
+    clock = iter(range(0, 10 ** 9, 4000))                     # 4000 s between two readings
+    monkeypatch.setattr(common.time, "time", lambda: next(clock))
+    run("ppi", "--dry-run", "--teacher-epochs", "1")
+    err = capsys.readouterr().err
+    assert "warning: at this pace the teacher needs" in err and "hours" in err
 
 
 # ----------------------------------------------------------------------------------------
-# Is the LSP term alive: the teacher's structure checked, --sigma auto, structure metrics
+# Repeats, resumes, keeps its results
 
-@pytest.mark.parametrize("script, dead_sigma", [("train_ppi.py", "1"),
-                                                ("train_modelnet.py", "0.001")])
-def test_inert_lsp_warns_and_sigma_auto_does_not(tmp_path, script, dead_sigma):
-    dead = run(script, "--data", "synthetic", "--dry-run", "--lsp", "--sigma", dead_sigma,
-               "--out-dir", str(tmp_path / "dead"))
-    assert dead.returncode == 0, dead.stderr
-    warnings = [line for line in dead.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and "rbf" in warnings[0] and "--sigma auto" in warnings[0]
-    assert "Student_Full" in warnings[0] and "Traceback" not in dead.stderr
-    _, dead_res = results(tmp_path / "dead")
-    assert dead_res["teacher_structure"]["kl_from_uniform"] < 1e-4
-
-    alive = run(script, "--data", "synthetic", "--dry-run", "--lsp", "--sigma", "auto",
-                "--out-dir", str(tmp_path / "alive"))
-    assert alive.returncode == 0, alive.stderr
-    assert "warning:" not in alive.stderr
-    run_dir, res = results(tmp_path / "alive")
-    assert "sigmaauto" in res["method"]
-    offered = res["teacher_structure"]
-    assert offered["kl_from_uniform"] > 1e-4 and offered["sigma"] > 0
-    assert len(res["sigma_s_by_epoch"]) == 1 and res["sigma_s_by_epoch"][0] > 0
-    assert f"sigma_s {res['sigma_s_by_epoch'][0]:.4f}" in alive.stdout
-    assert f"{offered['sigma']:.4g} (auto)" in alive.stdout
-    # the structure metrics after epoch 1 and at the end, and the student's checkpoint
-    for metrics in (res, res["structure_by_epoch"]["1"]):
-        assert metrics["ls_kl"] >= 0 and metrics["ls_kl_auto"] > 0
-        assert -1 <= metrics["rank_corr"] <= 1
-    # and before training: the untrained student, the same for every method of a seed
-    assert res["structure_by_epoch"]["0"] == dead_res["structure_by_epoch"]["0"]
-    assert res["structure_by_epoch"]["0"] != res["structure_by_epoch"]["1"]
-    assert "] before training: KL to the teacher σ = 1" in alive.stdout
-    ckpt = torch.load(os.path.join(run_dir, "student.pt"), weights_only=False)
-    assert set(ckpt) >= {"model", "args", "epoch"}
-    summary = run(script, "--summarize", str(tmp_path / "alive"))
-    assert summary.returncode == 0, summary.stderr
-    assert "rank_corr" in summary.stdout and "by epoch, 0: before training" in summary.stdout
+def strip(res):
+    """results.json without the names of the files it was written to."""
+    return {**{k: v for k, v in res.items() if k not in ("args", "command")},
+            "teacher": {k: v for k, v in res["teacher"].items() if k != "file"}}
 
 
-def test_sigma_flag_refuses_nonsense(tmp_path):
-    for bad in ("0", "-1", "nan", "big"):
-        p = run("train_ppi.py", "--data", "synthetic", "--dry-run", "--sigma", bad,
-                "--out-dir", str(tmp_path))
-        assert p.returncode != 0 and "--sigma" in p.stderr and "Traceback" not in p.stderr
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_seeded_command_repeats_bit_for_bit(script):
+    a = run(script, "--dry-run", "--lsp", "--fitnet", "--out-dir", "a")
+    b = run(script, "--dry-run", "--lsp", "--fitnet", "--out-dir", "b")
+    assert strip(a) == strip(b)
+    assert run(script, "--dry-run", "--seed", "1", "--out-dir", "c")["seed"] == 1
 
 
-def test_teacher_structure_warns_only_when_uniform():
-    import argparse
-    import lsp_kd
-    from experiment import teacher_structure
-    g = torch.Generator().manual_seed(0)
-    ei = torch.randint(0, 200, (2, 3000), generator=g)
-    feat = 100 * torch.randn(200, 32, generator=g)             # neighbours ~800 apart
-    for sigma, warned in ((1.0, True), ("auto", False)):
-        args = argparse.Namespace(kernel="rbf", sigma=sigma, degree=2, c=0.0)
-        sigma_t = lsp_kd.median_sigma(feat, ei) if sigma == "auto" else None
-        lines = []
-        out = teacher_structure(args, [(feat, ei)], sigma_t,
-                                lambda msg, warning=False: lines.append((msg, warning)))
-        assert any(w for _, w in lines) == warned
-        assert (out["kl_from_uniform"] < 1e-4) == warned
-        assert out["saturated_share"] == (1.0 if warned else 0.0)
+PPI_SHORT = ["--data", "synthetic", "--scale", "0.03", "--teacher-epochs", "6", "--epochs", "7",
+             "--lsp", "--sigma", "auto", "--fitnet"]
+MODELNET_SHORT = ["--data", "synthetic", "--train-per-class", "1", "--test-per-class", "1",
+                  "--num-points", "32", "--teacher-epochs", "6", "--epochs", "7", "--kd",
+                  "--lsp", "--hkd"]
+
+
+@pytest.mark.parametrize("script, argv", [("ppi", PPI_SHORT), ("modelnet", MODELNET_SHORT)])
+def test_a_stopped_run_resumes_to_the_same_results(script, argv, monkeypatch, capsys):
+    """Stopped in the teacher's 6th epoch, then in the student's 7th: each rerun goes on from
+    the checkpoint saved after epoch 5, and the results are those of a run never stopped."""
+    whole = run(script, *argv, "--out-dir", "whole", "--teacher-ckpt", "whole.pt")
+    module, step = SCRIPTS[script], SCRIPTS[script].train_step
+    for stop_in in ("teacher", "student"):
+        def stopping_step(model, *args):
+            teacher = sum(p.numel() for p in model.parameters()) > 10 ** 6  # the paper's: 1.8M+
+            if args[-1] == 5 and teacher == (stop_in == "teacher"):     # epoch 5 (from 0)
+                raise KeyboardInterrupt
+            return step(model, *args)
+        monkeypatch.setattr(module, "train_step", stopping_step)
+        with pytest.raises(KeyboardInterrupt):
+            module.main([*argv, "--out-dir", "parts", "--teacher-ckpt", "parts.pt"])
+    monkeypatch.setattr(module, "train_step", step)
+    capsys.readouterr()
+    parts = run(script, *argv, "--out-dir", "parts", "--teacher-ckpt", "parts.pt")
+    out = capsys.readouterr().out
+    assert "resuming the student from" in out and "5 of 7 epochs done" in out
+    assert "teacher epoch" not in out                       # the teacher was complete
+    assert strip(parts) == strip(whole)
+    teachers = [torch.load(f)["modules"]["model"] for f in ("parts.pt", "whole.pt")]
+    assert all(torch.equal(teachers[0][k], teachers[1][k]) for k in teachers[0])
+
+
+def test_a_finished_run_keeps_its_results(monkeypatch, capsys):
+    first = run("ppi", "--dry-run", "--lsp")
+    (path,) = glob.glob("runs/**/results.json", recursive=True)
+    before = open(path, "rb").read()
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+    evaluate = train_ppi.evaluate
+    monkeypatch.setattr(train_ppi, "evaluate", interrupt)  # a rerun stopped at once
+    with pytest.raises(KeyboardInterrupt):
+        train_ppi.main(["--dry-run", "--lsp"])
+    assert open(path, "rb").read() == before
+    monkeypatch.setattr(train_ppi, "evaluate", evaluate)
+    capsys.readouterr()
+    again = run("ppi", "--dry-run", "--lsp")                 # nothing left to train
+    assert "epoch 000" not in capsys.readouterr().out and again == first
+
+
+# ----------------------------------------------------------------------------------------
+# The teacher: trained once, reused only for its settings and data, read as weights only
+
+def test_the_teacher_is_trained_once_and_reused_for_the_same_data(capsys):
+    short = ["--data", "synthetic", "--scale", "0.03", "--teacher-epochs", "1", "--epochs", "1"]
+    run("ppi", *short, "--out-dir", "a")
+    assert "teacher epoch 000" in capsys.readouterr().out
+    run("ppi", *short, "--kd", "--seed", "3", "--out-dir", "b")
+    out = capsys.readouterr().out
+    assert "teacher epoch" not in out and "teacher from checkpoints/ppi_teacher_" in out
+    run("ppi", *short[:3], "0.02", *short[4:], "--out-dir", "c")  # other data: another one
+    assert "teacher epoch 000" in capsys.readouterr().out
+    assert len(glob.glob("checkpoints/*.pt")) == 2
+
+
+def test_a_teacher_of_other_data_or_settings_is_refused(capsys):
+    run("ppi", "--dry-run", "--teacher-ckpt", "t.pt", "--out-dir", "a")
+    err = error_line(capsys, lambda: train_ppi.main(["--dry-run", "--scale", "0.02",
+                                                     "--teacher-ckpt", "t.pt"]))
+    assert "t.pt" in err and "data" in err
+    short = ["--data", "synthetic", "--scale", "0.03", "--epochs", "1", "--teacher-ckpt", "u.pt"]
+    run("ppi", *short, "--teacher-epochs", "1", "--out-dir", "b")
+    err = error_line(capsys, lambda: train_ppi.main([*short, "--teacher-epochs", "2"]))
+    assert "u.pt" in err and "epochs" in err
+    err = error_line(capsys, lambda: train_modelnet.main(["--dry-run", "--teacher-ckpt",
+                                                          "t.pt"]))
+    assert "experiment" in err
+
+
+class Payload:
+    """Pickled, it would print when loaded: a checkpoint must never run it."""
+    def __reduce__(self):
+        return print, ("CODE RAN",)
+
+
+@pytest.mark.parametrize("content", ["code", "truncated", "foreign"])
+def test_a_bad_teacher_checkpoint_is_refused_without_running_its_code(content, capsys):
+    if content == "code":
+        torch.save({"config": Payload()}, "t.pt")
+    elif content == "truncated":
+        run("ppi", "--dry-run", "--teacher-ckpt", "t.pt", "--out-dir", "a")
+        with open("t.pt", "rb") as f:
+            head = f.read(1000)
+        with open("t.pt", "wb") as f:
+            f.write(head)
+    else:
+        with open("t.pt", "wb") as f:
+            pickle.dump([1, 2, 3], f)
+    capsys.readouterr()
+    err = error_line(capsys, lambda: train_ppi.main(["--dry-run", "--teacher-ckpt", "t.pt"]))
+    assert "t.pt" in err and "CODE RAN" not in capsys.readouterr().out
+
+
+def test_a_student_checkpoint_of_another_teacher_is_refused(capsys):
+    run("ppi", "--dry-run", "--teacher-ckpt", "t.pt")
+    teacher = torch.load("t.pt")                              # the same settings, other weights
+    teacher["best"]["weights"]["layers.0.fc.weight"] += 1     # (PPI's: the best epoch's)
+    torch.save(teacher, "t.pt")
+    err = error_line(capsys, lambda: train_ppi.main(["--dry-run", "--teacher-ckpt", "t.pt"]))
+    assert "ckpt.pt" in err and "teacher" in err
+
+
+# ----------------------------------------------------------------------------------------
+# Is the LSP term alive?
+
+@pytest.mark.parametrize("script, dead_sigma", [("ppi", "1"), ("modelnet", "0.001")])
+def test_an_inert_lsp_term_is_warned_of_and_sigma_auto_is_not(script, dead_sigma, capsys):
+    dead = run(script, "--dry-run", "--lsp", "--sigma", dead_sigma, "--out-dir", "dead")
+    warnings = [w for w in capsys.readouterr().err.splitlines() if w.startswith("warning:")]
+    assert len(warnings) == 1 and "--sigma auto" in warnings[0]
+    assert dead["teacher"]["structure"] < common.UNIFORM_KL
+    alive = run(script, "--dry-run", "--lsp", "--sigma", "auto", "--out-dir", "alive")
+    assert "warning:" not in capsys.readouterr().err
+    assert alive["teacher"]["structure"] > common.UNIFORM_KL
+    # before training: the untrained student, the same for every method of a seed
+    assert alive["structure_by_epoch"]["0"] == dead["structure_by_epoch"]["0"]
