@@ -1,7 +1,7 @@
 """Cost of each distillation method: the training time and memory of the paper's Table 2 (PPI)
 and Table 4 (ModelNet40), on random inputs of the paper's sizes. A row is one training step as
 the scripts' train_step takes it (forward, task loss, the row's term with the scripts' weight,
-backward, optimiser step; not their finiteness checks and logging) or one inference forward.
+backward, optimiser step; not their finiteness checks and logging).
 Time: the median over --repeats rounds that each run every row once, after --warmup untimed
 steps. Memory: the row's state (parameters, gradients, optimiser state) + the peak growth of live
 tensors over a step (CUDA: max_memory_allocated; CPU: the profiler's memory events); inputs and
@@ -29,15 +29,11 @@ import models
 LSP = {f"lsp_{k}": (k, 1.0) for k in lsp_kd.KERNELS} | {"lsp_rbf_auto": ("rbf", "auto")}
 ROWS = ["teacher", "student", "kd", "at", "fitnet", *LSP, "hkd"]  # LSP: its (kernel, σ)
 # the scripts' settings: λ of Eq. (7) and the baselines' weights; KD's α and T; ModelNet40's
-# label smoothing and test batch; PPI's average degree (Sec. 4.1)
+# label smoothing; PPI's average degree (Sec. 4.1)
 WEIGHTS = {"lsp": 100.0, "at": 1000.0, "fitnet": 1.0, "hkd": 0.1}
-KD_ALPHA, KD_T, SMOOTHING, TEST_BATCH, AVG_DEGREE = 0.1, 4.0, 0.2, 16, 14
+KD_ALPHA, KD_T, SMOOTHING, AVG_DEGREE = 0.1, 4.0, 0.2, 14
 FULL = {"ppi_nodes": 2372, "clouds": 32, "points": 1024}   # the paper's (Sec. 4.1, 4.2)
 QUICK = {"ppi_nodes": 400, "clouds": 4, "points": 256, "repeats": 3, "warmup": 1}
-PAPER = {"ppi": {"teacher": (1.7, 3.4), "student": (1.3, 1.2), "at": (1.9, 1.4),  # Table 2:
-                 "fitnet": (2.4, 1.6), "lsp_rbf": (2.0, 1.5)},                   # s/iter, GB
-         "modelnet": {"teacher": (30, 4.2), "student": (12, 1.4), "kd": (15, 1.4),  # Table 4:
-                      "at": (21, 1.7), "fitnet": (28, 2.4), "lsp_rbf": (29, 2.2)}}  # s/epoch
 MB, MARK = 2 ** 20, "bench: the measured step"
 
 
@@ -62,26 +58,26 @@ def peak_growth(step, device):
 
 
 def run_rows(steps, args, device):
-    """steps {row: (step, state bytes, samples a step)} -> {row: {mem_mb: state + peak growth,
-    times, seconds: their median, per sample}}; each timed round runs every row once."""
+    """steps {row: (step, state bytes)} -> {row: {mem_mb: state + peak growth, times,
+    seconds: their median}}; each timed round runs every row once."""
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     rows = {}
-    for name, (step, state, _) in steps.items():
+    for name, (step, state) in steps.items():
         for _ in range(args.warmup):  # no lazy init, no optimiser state created in the peak
             step()
         rows[name] = {"mem_mb": (peak_growth(step, device) + state()) / MB, "times": []}
     for _ in range(args.repeats):
-        for name, (step, _, per) in steps.items():
+        for name, (step, _) in steps.items():
             sync()
             t0 = time.perf_counter()
             step()
             sync()
-            rows[name]["times"].append((time.perf_counter() - t0) / per)
+            rows[name]["times"].append(time.perf_counter() - t0)
     return {name: {**r, "seconds": statistics.median(r["times"])} for name, r in rows.items()}
 
 
 def trainer(row, model, learned, make_opt, loss):
-    """A training row: (step, state bytes, 1); learned: FitNet's regressor or HKD's maps."""
+    """A training row: (step, state bytes); learned: FitNet's regressor or HKD's maps."""
     params = [p for m in (model.train(), learned) if m is not None for p in m.parameters()]
     opt = make_opt(params)
 
@@ -95,12 +91,12 @@ def trainer(row, model, learned, make_opt, loss):
         held = params + [p.grad for p in params] + [
             v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
         return sum(t.numel() * t.element_size() for t in held if t is not None)
-    return step, state, 1
+    return step, state
 
 
-def make_rows(teacher, student, loss, widths, make_opt, inputs, per, device):
-    """The training rows (loss(row, model, learned) -> loss; widths (F_s, F_t) of FitNet's
-    regressor and of HKD's maps), then teacher and student inference on inputs, per samples."""
+def make_rows(teacher, student, loss, widths, make_opt, device):
+    """The training rows: loss(row, model, learned) -> loss; widths (F_s, F_t) of FitNet's
+    regressor and of HKD's maps."""
     steps = {}
     for row in ROWS:
         torch.manual_seed(0)
@@ -108,11 +104,6 @@ def make_rows(teacher, student, loss, widths, make_opt, inputs, per, device):
         learned = {"fitnet": torch.nn.Linear, "hkd": lsp_kd.HolisticMaps}.get(row)
         learned = learned(*widths[row]).to(device) if learned else None
         steps[row] = trainer(row, model, learned, make_opt, loss)
-    for name, build in (("teacher", teacher), ("student", student)):
-        model = build().to(device).eval()
-        size = sum(p.numel() * p.element_size() for p in model.parameters())
-        steps[f"{name} inference"] = (torch.no_grad()(lambda m=model: m(*inputs)),
-                                      lambda s=size: s, per)
     return steps
 
 
@@ -163,9 +154,8 @@ def bench_ppi(args, device):
     hidden = models.gat_student().layers[-2]
     w = (hidden.heads * hidden.out_dim, feat_t.size(1))                # 136 -> 1024
     steps = make_rows(models.gat_teacher, models.gat_student, loss, {"fitnet": w, "hkd": w},
-                      lambda ps: torch.optim.Adam(ps, lr=0.005), (x[:n], graphs[0]), 1, device)
-    info = f"2 graphs x {n} nodes, {ei.size(1)} edges (mean in-degree {ei.size(1) / 2 / n:.1f})"
-    return steps, info, ("graph", "Table 2", "s/iter")
+                      lambda ps: torch.optim.Adam(ps, lr=0.005), device)
+    return steps, f"2 graphs x {n} nodes, {ei.size(1)} edges (in-degree {ei.size(1) / 2 / n:.1f})"
 
 
 def bench_modelnet(args, device):
@@ -199,14 +189,13 @@ def bench_modelnet(args, device):
                  "hkd": lambda: lsp_kd.hkd_loss(pooled, pooled_t, learned, k=hkd_k)}
         return total_loss(row, ce, terms)
 
-    s, test = models.dgcnn_student(), pts[:TEST_BATCH]                 # (B_test, P, 3)
+    s = models.dgcnn_student()
     widths = {"fitnet": (s.convs[-1].fc.out_features, teacher.convs[-1].fc.out_features),
               "hkd": (s.global_dim, teacher.global_dim)}                # 128 -> 256, 256 -> 2048
     steps = make_rows(models.dgcnn_teacher, models.dgcnn_student, loss, widths,
                       lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-4),
-                      (test,), len(test), device)
-    return steps, f"{B} clouds x {P} points; inference {len(test)} a batch; HKD k {hkd_k}", (
-        "cloud", "Table 4", "s/epoch")
+                      device)
+    return steps, f"{B} clouds x {P} points; HKD k {hkd_k}"
 
 
 def compare_pyg(args, device):
@@ -226,7 +215,7 @@ def compare_pyg(args, device):
         pyg.load_state_dict({"lin.weight": ours.fc.weight, "att_src": ours.attn_src,
                              "att_dst": ours.attn_dst})                 # PyG >= 2.5's names
         x = torch.randn(N, f_in, generator=gen).to(device)             # (N, F_in)
-        rows = run_rows({name: (lambda c=c, x=x: c(x, ei).sum().backward(), lambda: 0, 1)
+        rows = run_rows({name: (lambda c=c, x=x: c(x, ei).sum().backward(), lambda: 0)
                          for name, c in (("ours", ours), ("pyg", pyg))}, args, device)
         t, err = {k: r["seconds"] for k, r in rows.items()}, (ours(x, ei) - pyg(x, ei)).abs().max()
         out.append({"layer": f"GATConv({f_in}, {f_out}, heads={H})", **t,
@@ -236,27 +225,24 @@ def compare_pyg(args, device):
     return {"version": torch_geometric.__version__, "rows": out}
 
 
-def print_table(exp, rows, info, units):
+def print_table(exp, rows, info):
+    """Seconds and MiB a step, and their ratios to the student's; on ModelNet40 LSP's own
+    cost: (row - AT) / student."""
     print(f"\n== {exp} | {info}")
-    s, ps, own = rows["student"], PAPER[exp]["student"], exp == "modelnet"
+    s, own = rows["student"], exp == "modelnet"
     print(f"{'row':<23} {'s/iter':>8} {'x time':>7} {'MiB':>8} {'x mem':>6}"
-          + (f" {'(row-AT)/student':>16}" if own else "")
-          + f" | paper {units[1]}: x time, x mem (its student {ps[0]:g} {units[2]}, {ps[1]:g} GB)")
+          + (f" {'(row-AT)/student':>16}" if own else ""))
     for m in ROWS:
-        r, p = rows[m], PAPER[exp].get(m)
+        r = rows[m]
         r["x_time"], r["x_mem"] = r["seconds"] / s["seconds"], r["mem_mb"] / s["mem_mb"]
         if own and m in LSP:
             r["lsp_own"] = (r["seconds"] - rows["at"]["seconds"]) / s["seconds"]
         print(f"{m if m in ('teacher', 'student') else 'student+' + m:<23} {r['seconds']:8.3f} "
               f"{r['x_time']:7.2f} {r['mem_mb']:8.1f} {r['x_mem']:6.2f}"
-              + (f" {r['lsp_own']:16.2f}" if "lsp_own" in r else " " * 17 * own)
-              + " | " + (f"{p[0] / ps[0]:.2f}, {p[1] / ps[1]:.2f}" if p else "-"))
-    for m in ("teacher", "student"):
-        r = rows[f"{m} inference"]
-        print(f"{m} inference: {1e3 * r['seconds']:.2f} ms per {units[0]}, {r['mem_mb']:.1f} MiB")
+              + (f" {r['lsp_own']:16.2f}" if "lsp_own" in r else ""))
 
 
-def make_parser():
+def get_args(argv=None):
     p = common.Parser(__doc__)
     p.add_argument("--only", choices=["ppi", "modelnet"], help="one experiment (None: both)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -271,11 +257,6 @@ def make_parser():
         f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()) + "; flags given win")
     p.add_argument("--compare-pyg", action="store_true", help="time GATConv against PyG's too")
     p.add_argument("--out", default="runs/bench.json", help="the JSON of every row")
-    return p
-
-
-def get_args(argv=None):
-    p = make_parser()
     args = p.parse_args(argv)
     if args.quick:  # QUICK as the defaults: the flags given still win
         p.set_defaults(**QUICK)
@@ -294,10 +275,9 @@ def main(argv=None):
     device = common.pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cpuinfo = pathlib.Path("/proc/cpuinfo")
-    cpu = re.search(r"model name\s*:\s*(.*)", cpuinfo.read_text() if cpuinfo.exists() else "")
-    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else cpu.group(1) if cpu else "CPU")
+    cpu = re.search(r"model name\s*:\s*(.*)", pathlib.Path("/proc/cpuinfo").read_text()
+                    if os.path.exists("/proc/cpuinfo") else "")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (cpu or [0, "CPU"])[1]
     full = all(getattr(args, k) == v for k, v in FULL.items())
     print(f"{device} ({name}) | torch {torch.__version__} | {torch.get_num_threads()} threads | "
           f"median of {args.repeats} rounds after {args.warmup} warm-up steps"
@@ -307,9 +287,9 @@ def main(argv=None):
            "full_sizes": full, "args": vars(args), "experiments": {}}
     for exp, bench in (("ppi", bench_ppi), ("modelnet", bench_modelnet)):
         if args.only in (None, exp):
-            steps, info, units = bench(args, device)
+            steps, info = bench(args, device)
             rows = run_rows(steps, args, device)
-            print_table(exp, rows, info, units)
+            print_table(exp, rows, info)
             res["experiments"][exp] = {"sizes": info, "rows": rows}
     if args.compare_pyg:
         res["pyg"] = compare_pyg(args, device)

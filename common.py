@@ -5,6 +5,7 @@ appends), args.json, ckpt.pt (every SAVE_EVERY epochs and at the end: the same c
 on from it) and, once complete, results.json. A teacher is the same kind of checkpoint,
 named by a digest of its settings and data: trained once, then reused."""
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -38,12 +39,10 @@ def log(msg, warning=False):
 
 def fail(msg):
     """End the run with the one line "error: msg" (also the last line of its log.txt)."""
-    try:
-        if LOG["file"] is not None:
+    if LOG["file"] is not None:
+        with contextlib.suppress(OSError):  # a full disk: the line on screen still
             LOG["file"].write(f"{LOG['tag']}error: {msg}\n")
             LOG["file"].flush()
-    except OSError:  # a full disk: the line on screen still
-        pass
     sys.exit(f"error: {msg}")
 
 
@@ -74,9 +73,7 @@ def number_or_auto(text):
 def add_args(p, epochs, lr, out_dir):
     """The flags both scripts have: the methods, the schedule, the run."""
     p.add_argument("--lsp", action="store_true", help="local structure preserving, Eq. (7)")
-    p.add_argument("--kernel", choices=lsp_kd.KERNELS, default="rbf",
-                   help="SIM of Eq. (3): Eq. (8) rbf/poly/linear, Eq. (4) l2, or the "
-                        "official code's l1_official")
+    p.add_argument("--kernel", choices=lsp_kd.KERNELS, default="rbf", help="SIM of Eq. (3)")
     p.add_argument("--sigma", type=number_or_auto, default=1.0,
                    help="RBF σ of Eq. (8); auto: each model's median distance between "
                         "neighbours, at every step (not the paper's)")
@@ -84,21 +81,18 @@ def add_args(p, epochs, lr, out_dir):
     p.add_argument("--kd", action="store_true", help="Hinton KD")
     p.add_argument("--at", action="store_true", help="attention transfer")
     p.add_argument("--fitnet", action="store_true", help="FitNet hint, a learned regressor")
-    p.add_argument("--hkd", action="store_true",
-                   help="holistic KD (Zhou et al., ICCV 2021; not in the LSP paper)")
+    p.add_argument("--hkd", action="store_true", help="holistic KD (not in the LSP paper)")
     p.add_argument("--epochs", type=int, default=epochs, help="epochs of the student")
     p.add_argument("--teacher-epochs", type=int, default=epochs, help="epochs of the teacher")
     p.add_argument("--lr", type=float, default=lr, help="the student's learning rate")
     p.add_argument("--seed", type=int, default=0, help="the student's seed")
-    p.add_argument("--teacher-ckpt", default=None,
-                   help="the teacher's checkpoint, trained there if missing; None: "
-                        "checkpoints/, named by its settings and data")
+    p.add_argument("--teacher-ckpt", help="the teacher's file, trained there if missing "
+                   "(None: checkpoints/, named by its settings and data)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--out-dir", default=out_dir, help="each run gets its own folder in it")
     p.add_argument("--dry-run", action="store_true",
                    help="smoke test: 1 epoch of 1 batch on tiny synthetic data")
-    p.add_argument("--summarize", metavar="DIR", default=None,
-                   help="print mean ± std over seeds of the runs under DIR, then exit")
+    p.add_argument("--summarize", metavar="DIR", help="mean ± std over seeds of runs in DIR")
 
 
 def check_args(p, args, rules=()):
@@ -196,8 +190,7 @@ def teacher_run(args, lr, config, data_name, run_dir):
 
 
 def pick_device(name):
-    """--device -> torch.device; on the CPU deterministic algorithms, so that a seeded run
-    repeats bit for bit (x[index]'s backward adds in a varying order otherwise)."""
+    """--device -> torch.device; deterministic algorithms on the CPU: seeded runs repeat."""
     if name == "cuda" and not torch.cuda.is_available():
         fail("--device cuda, but torch.cuda.is_available() is False (no GPU, or a CPU-only "
              "torch build); use --device cpu or auto")
@@ -211,12 +204,12 @@ def pick_device(name):
 def fit(modules, opt, epochs, train_epoch, path, config, gen, who, sched=None,
         validate=None, structure=None, snapshot=None):
     """Train for `epochs` as nanoGPT resumes: a checkpoint at path (modules, optimiser,
-    scheduler, generator, RNG, epoch, best, record, config), saved every SAVE_EVERY epochs
-    and after the last, is gone on from when it exists; one saved under another config is
-    refused. modules: {"model": ..., modules trained with it}; train_epoch(epoch) -> {term:
-    mean}; validate() -> a score, the best epoch's weights kept (None: the last epoch's);
-    structure() -> metrics before training and after STRUCTURE_EPOCHS; snapshot(epoch).
-    Returns {"epoch": the epoch kept, "best_val", "structure_by_epoch"}."""
+    scheduler, generator, RNG, epoch, best, record, config), saved every SAVE_EVERY epochs,
+    is gone on from when it exists; after the last epoch it holds the weights kept and no
+    more. One saved under another config is refused. modules: {"model": ..., modules trained
+    with it}; train_epoch(epoch) -> {term: mean}; validate() -> a score, the best epoch's
+    weights kept (None: the last epoch's); structure() -> metrics before training and after
+    STRUCTURE_EPOCHS; snapshot(epoch). -> {"epoch": the one kept, "best_val", "record"}."""
     model, folder = modules["model"], os.path.dirname(os.path.abspath(path))
     try:  # an unwritable folder is found now, not after the training
         os.makedirs(folder, exist_ok=True)
@@ -232,12 +225,12 @@ def fit(modules, opt, epochs, train_epoch, path, config, gen, who, sched=None,
                  f"{', '.join(sorted(differ)) or 'its format'}): delete it, or give another")
         for k, m in modules.items():
             m.load_state_dict(state["modules"][k])
-        opt.load_state_dict(state["opt"])
-        if sched is not None:
-            sched.load_state_dict(state["sched"])
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["rng"])  # the CPU's; on CUDA runs do not repeat anyway
-        if state["epoch"] + 1 < epochs:
+        if state["epoch"] + 1 < epochs:  # not complete: on from where it stopped
+            opt.load_state_dict(state["opt"])
+            if sched is not None:
+                sched.load_state_dict(state["sched"])
+            gen.set_state(state["gen"])
+            torch.set_rng_state(state["rng"])  # the CPU's; CUDA runs do not repeat anyway
             log(f"resuming the {who} from {path}: {state['epoch'] + 1} of {epochs} epochs "
                 f"done, on with epoch {state['epoch'] + 1:03d}")
     else:
@@ -271,15 +264,18 @@ def fit(modules, opt, epochs, train_epoch, path, config, gen, who, sched=None,
             log_structure(f"after epoch {epoch + 1}", state["record"][epoch + 1])
         if snapshot is not None:
             snapshot(epoch + 1)
-        if (epoch + 1) % SAVE_EVERY == 0 or epoch + 1 == epochs:
+        if (epoch + 1) % SAVE_EVERY == 0 and epoch + 1 < epochs:
             state.update(epoch=epoch, modules={k: m.state_dict() for k, m in modules.items()},
                          opt=opt.state_dict(), sched=sched.state_dict() if sched else None,
                          gen=gen.get_state(), rng=torch.get_rng_state())
             save(state, path)
-    if validate is None:
-        return {"epoch": epochs - 1, "best_val": None, "structure_by_epoch": state["record"]}
-    model.load_state_dict(state["best"]["weights"])
-    return {"epoch": state["best"]["epoch"], "best_val": state["best"]["val"],
+    if start < epochs:  # trained here: the weights kept, and what was measured, saved
+        if validate is not None:
+            model.load_state_dict(state["best"].pop("weights"))
+        save({"epoch": epochs - 1, "modules": {k: m.state_dict() for k, m in modules.items()},
+              "best": state["best"], "record": state["record"], "config": config}, path)
+    return {"epoch": state["best"]["epoch"] if validate else epochs - 1,
+            "best_val": state["best"]["val"] if validate else None,
             "structure_by_epoch": state["record"]}
 
 
@@ -304,9 +300,8 @@ def log_structure(when, metrics):
 
 @torch.no_grad()
 def teacher_structure(args, samples):
-    """The mean over centres of KL(LS_i^t || uniform) with args' kernel over [(feat_t,
-    edge_index)], on the edges j ≠ i (a self-loop weighs the same whatever the features):
-    lsp_loss with teacher_first against a student whose features are all equal, so uniform.
+    """The mean over centres of KL(LS_i^t || uniform) over [(feat_t, edge_index)] and the
+    edges j ≠ i: lsp_loss, teacher first, against a student of equal features (uniform LS_i).
     Warns below UNIFORM_KL; the run goes on, a faithful reproduction must stay possible."""
     total, nodes = 0.0, 0
     for feat, ei in samples:

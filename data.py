@@ -75,9 +75,7 @@ def _bad(path, what):
     return DataError(f"{path} {what}; delete it to download a fresh copy")
 
 
-# ----------------------------------------------------------------------------------------
-# PPI (Sec. 4.1)
-
+# PPI (Sec. 4.1) --------------------------------------------------------------------------
 class Graph(NamedTuple):
     x: torch.Tensor           # (N, F) float32 node features
     y: torch.Tensor           # (N, L) float32 0/1 labels
@@ -182,9 +180,7 @@ def ppi_batches(graphs, batch_size, generator=None):
         yield idx, batch_graphs([graphs[i] for i in idx])
 
 
-# ----------------------------------------------------------------------------------------
-# ModelNet40 (Sec. 4.2)
-
+# ModelNet40 (Sec. 4.2) -------------------------------------------------------------------
 def load_modelnet40(data_dir="data/modelnet40_ply_hdf5_2048", url=MODELNET_URL):
     """The modelnet40_ply_hdf5_2048 release, or a folder laid out like it (every
     ply_data_train*.h5 and ply_data_test*.h5 in it, in name order) -> {'train_points': (N, P,

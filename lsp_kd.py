@@ -200,9 +200,7 @@ def neighbour_rank_correlation(feat_s, feat_t, edge_index, min_neighbours=3):
     return torch.where((deg >= min_neighbours) & (var > 0), rho, float("nan"))
 
 
-# ----------------------------------------------------------------------------------------
-# Baselines of Sec. 4.1
-
+# Baselines of Sec. 4.1 -------------------------------------------------------------------
 def kd_loss(logits_s, logits_t, T=4.0, multilabel=False):
     """Knowledge distillation (Hinton et al., 2015): KL(p_t || p_s) at temperature T, × T².
     multilabel=False: p = softmax(logits / T), averaged over samples. multilabel=True:
@@ -247,17 +245,14 @@ def at_loss(feat_s, feat_t, batch):
     return F.mse_loss(attention(feat_s), attention(feat_t.detach()))
 
 
-# ----------------------------------------------------------------------------------------
-# Not in the LSP paper: Holistic KD (Zhou et al., ICCV 2021)
-
+# Not in the LSP paper: Holistic KD (Zhou et al., ICCV 2021) ------------------------------
 class HolisticMaps(torch.nn.Module):
     """HKD's learned maps Θ_l of H = Σ_{l=0..L} Â^l F Θ_l: per hop l a bias-free Linear
     Θ^s_l (F_s -> d) and Θ^t_l (F_t -> d), all trained with the student."""
 
     def __init__(self, dim_s, dim_t, dim=128, hops=1):
         super().__init__()
-        # NOTE: the slides give no width and update only the student; here d = 128 and every
-        # Θ trained by the student's optimiser (the teacher's too), as the HKD authors' code.
+        # NOTE: the slides give no d and train Θ^s only; here all Θ, as the HKD authors' code
         self.theta_s = torch.nn.ModuleList(torch.nn.Linear(dim_s, dim, bias=False)
                                            for _ in range(hops + 1))
         self.theta_t = torch.nn.ModuleList(torch.nn.Linear(dim_t, dim, bias=False)

@@ -28,11 +28,8 @@ def scatter_max(src, index, num_nodes):
 
 
 def scatter_softmax(src, index, num_nodes=None):
-    """Softmax of src over the entries that share the same index (target node).
-
-    src: (E,) or (E, H); index: (E,) int64 target of each entry. Returns src's shape.
-    Groups are reduced with scatter_reduce (max) and index_add (sum); empty groups are fine.
-    """
+    """Softmax of src (E,) or (E, H) over the entries that share an index (E,) (the target
+    node): src's shape; empty groups are fine."""
     N = num_nodes if num_nodes is not None else (int(index.max()) + 1 if index.numel() else 0)
     shape = (N,) + tuple(src.shape[1:])                           # (N,) or (N, H)
     # subtract each group's max so exp() cannot overflow; the softmax does not depend on
@@ -55,10 +52,8 @@ class GATConv(nn.Module):
     def __init__(self, in_dim, out_dim, heads, residual=False, concat=True):
         super().__init__()
         self.heads, self.out_dim, self.concat = heads, out_dim, concat
-        # NOTE: no dropout, as the official code's GAT (DGL 0.4's has feat_drop, attn_drop)
-        # NOTE: the paper does not say how its GAT is built; here DGL 0.4's GATConv, which the
-        # official code uses: no bias anywhere, because with it the teacher has exactly the
-        # paper's 3,640,748 parameters.
+        # NOTE: the paper does not say how its GAT is built; here DGL 0.4's GATConv, as the
+        # official code: no bias and no dropout, and the teacher has exactly 3,640,748 params
         self.fc = nn.Linear(in_dim, heads * out_dim, bias=False)
         self.attn_src = nn.Parameter(torch.empty(1, heads, out_dim))
         self.attn_dst = nn.Parameter(torch.empty(1, heads, out_dim))
@@ -91,12 +86,8 @@ class GATConv(nn.Module):
 
 
 class GAT(nn.Module):
-    """Stacked GATConv, ELU between layers, the output layer averaging its heads.
-
-    Paper teacher:  GAT(50, [256, 256], [4, 4, 6], 121)            3,640,748 parameters
-    Paper student:  GAT(50, [68] * 4, [2] * 5, 121)                  185,172 parameters
-    The first layer has no residual, later ones do (as the official code).
-    """
+    """Stacked GATConv, ELU between layers, the output layer averaging its heads: the paper's
+    teacher GAT(50, [256, 256], [4, 4, 6], 121) has 3,640,748 parameters."""
 
     def __init__(self, in_dim, hidden_dims, heads, out_dim, residual=True):
         super().__init__()
@@ -141,12 +132,9 @@ def gat_student(**kw):
 # DGCNN: kNN graph and EdgeConv -----------------------------------------------------------
 @torch.no_grad()
 def knn_graph(x, k):
-    """kNN graph of every cloud in feature space, as DGCNN builds it (the point itself counts).
-
-    x: (B, P, F). Returns edge_index (2, B*P*k) over global ids b*P + p: row 1 is each point
-    repeated k times, row 0 its k nearest points of the same cloud (squared Euclidean).
-    One (B, P, P) distance block, never a (B*P, B*P) matrix.
-    """
+    """kNN graph of every cloud in feature space, as DGCNN's (the point itself counts):
+    x (B, P, F) -> edge_index (2, B*P*k) over ids b*P + p; row 1 is each point k times, row 0
+    its k nearest of the same cloud. One (B, P, P) block of distances, not (B*P, B*P)."""
     B, P, _ = x.shape
     if not 0 < k <= P:
         raise ValueError(f"k must be in [1, P={P}], got k={k}")
@@ -162,13 +150,9 @@ def knn_graph(x, k):
 
 
 class EdgeConv(nn.Module):
-    """EdgeConv: x_i' = max_{j:(j,i)∈E} LeakyReLU(BN(W [x_j - x_i || x_i])).
-
-    An instance of Eq. (1): g_φ is the identity, h_θ the 1×1 conv (bias-free Linear) + BN +
-    LeakyReLU(0.2) on the edge feature, and the aggregation A is the max.
-    forward computes this formula edge by edge, except in eval mode on a knn_graph (k given),
-    where it hands over to forward_eval_knn: the same numbers, without (E, F') edge features.
-    """
+    """EdgeConv, x_i' = max_{j:(j,i)∈E} LeakyReLU(BN(W [x_j - x_i || x_i])): Eq. (1) with g_φ
+    the identity, h_θ a 1×1 conv (bias-free Linear) + BN + LeakyReLU(0.2), A the max. In eval
+    mode on a knn_graph (k given), forward_eval_knn: the same numbers, no (E, F') features."""
 
     def __init__(self, in_dim, out_dim):
         super().__init__()
@@ -216,14 +200,9 @@ class EdgeConv(nn.Module):
 
 
 class DGCNN(nn.Module):
-    """Dynamic Graph CNN (Wang et al., 2019) for point-cloud classification.
-
-    Paper teacher: DGCNN((64, 64, 128, 256), emb_dim=1024, pool="maxavg", mlp=(512, 256), k=20)
-        = 1,809,576 parameters.
-    Paper student: DGCNN((32, 32, 64, 128), emb_dim=0, pool="max", mlp=(256,), k=10)
-        = 99,560 parameters.
-    The kNN graph is rebuilt from the input features of every EdgeConv (dynamic graph).
-    """
+    """Dynamic Graph CNN (Wang et al., 2019): EdgeConvs, each over the kNN graph of its input
+    features (a dynamic graph), an optional point-wise embedding, max (and avg) pooling, an
+    MLP head. The paper's teacher (dgcnn_teacher) has 1,809,576 parameters."""
 
     def __init__(self, edge_dims=(64, 64, 128, 256), emb_dim=1024, pool="maxavg",
                  mlp=(512, 256), k=20, num_classes=40, dropout=0.5, in_dim=3):
@@ -275,11 +254,9 @@ class DGCNN(nn.Module):
             pooled = torch.cat([pooled, x.mean(dim=1)], dim=-1)    # (B, 2F)
         return feats, pooled
 
-    def forward(self, pts, return_feats=False):
-        """pts (B, P, 3) -> logits (B, num_classes); with return_feats, also edge_features."""
-        feats, pooled = self.embed(pts)
-        logits = self.head(pooled)                                 # (B, num_classes)
-        return (feats, logits) if return_feats else logits
+    def forward(self, pts):
+        """pts (B, P, 3) -> logits (B, num_classes)."""
+        return self.head(self.embed(pts)[1])
 
 
 def dgcnn_teacher(**kw):

@@ -1,15 +1,12 @@
-"""Pictures and a table of finished runs: the paper's Fig. 4 (the structure of a student's
-feature space on point clouds, without and with LSP, beside the teacher's), the structure
-metrics and test score against the epoch, and `summarize`, the mean ± std over seeds that the
-training scripts print with --summarize (the one part that runs without matplotlib).
+"""Pictures and a table of finished runs: the paper's Fig. 4 (a student's feature space on
+point clouds, without and with LSP, beside the teacher's), the structure metrics and test
+score by epoch, and the mean ± std over seeds of --summarize (which needs no matplotlib).
 
     python visualize.py structure RUN_DIR... --out figures  # Fig. 4: fig4_structure.png
     python visualize.py curves RUN_DIR... --out figures     # curves_ppi.png, curves_modelnet.png
-    python train_ppi.py --summarize runs/ppi                # the table (train_modelnet.py alike)
 
 RUN_DIR: a run's folder or a folder holding runs. Each PNG holds the command that made it in
-its metadata ("Description"). B clouds, P points, F features.
-"""
+its metadata ("Description"). B clouds, P points, F features."""
 import glob
 import json
 import os
@@ -71,10 +68,9 @@ def mean_std(values):
 
 
 def summarize(out_dir, experiment, score):
-    """Mean ± std over seeds of the results.json under out_dir: a row per method and setting
-    (runs that differ in more than --seed are not averaged together; a method's later
-    settings are named by how they differ from its first), then per row the score and the
-    structure before training and after common.STRUCTURE_EPOCHS."""
+    """Mean ± std over seeds of the results.json under out_dir, a row per method and setting
+    (a method's later settings named by how they differ from its first), then per row the
+    score and the structure metrics by epoch."""
     rows, keys = {}, [score, "ls_kl", "ls_kl_auto", "rank_corr"]
     for run_dir, r in find_runs([out_dir]):
         if r["experiment"] != experiment:
@@ -82,7 +78,7 @@ def summarize(out_dir, experiment, score):
         first = next((rs[0]["args"] for rs in rows.values() if rs[0]["method"] == r["method"]),
                      r["args"])
         differ = [f"{k}={v}" for k, v in r["args"].items()
-                  if k not in ("seed", "out_dir") and first.get(k) != v]
+                  if k not in ("seed", "out_dir", "save_epochs") and first.get(k) != v]
         rows.setdefault(r["method"] + (f" ({', '.join(differ)})" if differ else ""), []).append(r)
     print(f"{'method':<34} {'seeds':>5} " + " ".join(f"{k:>17}" for k in keys))
     for name, runs in rows.items():
@@ -112,10 +108,8 @@ def save_figure(fig, out_dir, name, command):
 
 # Fig. 4: the structure of the feature space ----------------------------------------------
 
-def saved_epochs(run_dir):
-    """The epochs after which --save-epochs saved the student (student_epoch001.pt, ...)."""
-    return {int(os.path.basename(p)[len("student_epoch"):-len(".pt")])
-            for p in glob.glob(os.path.join(glob.escape(run_dir), "student_epoch*.pt"))}
+def saved_epochs(run_dir):  # after which --save-epochs saved the student: student_epoch001.pt
+    return {int(p[-6:-3]) for p in glob.glob(os.path.join(glob.escape(run_dir), "student_epoch*"))}
 
 
 def pick_runs(runs):
@@ -180,10 +174,7 @@ def structure(args):
     pts = torch.as_tensor(ds["test_points"][picked, :a["num_points"]]).float()  # (B, P, 3)
     red = torch.as_tensor(rng.integers(a["num_points"], size=len(picked)))      # (B,)
     teacher = models.dgcnn_teacher(num_classes=len(ds["class_names"]))
-    try:
-        teacher.load_state_dict(common.load(path)["modules"]["model"])
-    except (KeyError, TypeError, RuntimeError) as e:
-        fail(f"{path} holds no DGCNN teacher of these runs ({type(e).__name__})")
+    teacher.load_state_dict(common.load(path)["modules"]["model"])  # as the runs saved it
     d_t, d_s = distances(teacher, pts, red), {}  # d_s: (row, epoch) -> (B, P)
     for r, (run_dir, res) in enumerate(rows):
         student = models.dgcnn_student(res["args"]["variant"])
@@ -217,12 +208,10 @@ def structure(args):
     fig.colorbar(plt.cm.ScalarMappable(plt.Normalize(0, 1), "viridis"), cax=bar,
                  orientation="horizontal",
                  label="distance in feature space to the red point ÷ the largest in its picture")
-    fig.suptitle(
-        f"Structure of the feature space (the paper's Fig. 4), ModelNet40 {without[1]['data']}\n"
-        "distance from the red point to each point, output of the last EdgeConv (LSP's layer)\n"
-        "per object: student without LSP, then with; rightmost: the teacher\n"
-        "ρ: Spearman correlation of the cell's distances with the teacher's (1: same order)",
-        fontsize=10)
+    fig.suptitle(f"The structure of the feature space (the paper's Fig. 4), {without[1]['data']}\n"
+                 "distance from the red point in the last EdgeConv's output (LSP's layer)\n"
+                 "ρ: Spearman correlation with the teacher's distances (1: the same order)",
+                 fontsize=10)
     save_figure(fig, args.out, "fig4_structure", args.command_line)
 
 
@@ -280,10 +269,8 @@ def curves(args):
             draw_panel(ax, methods, *panel)
         fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center", ncol=3,
                    fontsize=9, frameon=False)
-        fig.suptitle(f"{'PPI' if experiment == 'ppi' else 'ModelNet40'}, data {names[0]}: the "
-                     "students during training, on the test data\nstructure against the "
-                     "teacher's over the graph LSP uses, and the test score; line: mean over "
-                     "seeds, band: ± std", fontsize=11)
+        fig.suptitle(f"{experiment}, {names[0]}: the students on the test data by epoch; line: "
+                     "mean over seeds, band: ± std", fontsize=11)
         save_figure(fig, args.out, f"curves_{experiment}", args.command_line)
 
 

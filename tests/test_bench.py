@@ -36,9 +36,9 @@ def run(tmp_path, capsys, *flags):
     return res, text
 
 
-def check_rows(res, text, exp, paper_lsp):
+def check_rows(res, text, exp):
     rows = res["experiments"][exp]["rows"]
-    assert list(rows) == METHODS + ["teacher inference", "student inference"]
+    assert list(rows) == METHODS
     for name, r in rows.items():
         assert len(r["times"]) == 1 and 0 < r["seconds"] < math.inf, (name, r)
         assert 0 < r["mem_mb"] < math.inf, (name, r)
@@ -49,9 +49,6 @@ def check_rows(res, text, exp, paper_lsp):
         assert f"{rows[m]['x_mem']:.2f}" in line, line
     assert rows["student"]["x_time"] == rows["student"]["x_mem"] == 1.0
     assert rows["teacher"]["mem_mb"] > rows["student"]["mem_mb"]  # 18-20x the parameters
-    assert f"| {paper_lsp}" in next(ln for ln in text.splitlines()
-                                    if ln.startswith("student+lsp_rbf "))
-    assert "teacher inference:" in text and "student inference:" in text
     return rows
 
 
@@ -59,14 +56,14 @@ def test_ppi_rows(tmp_path, capsys):
     res, text = run(tmp_path, capsys, "--only", "ppi", "--ppi-nodes", "64")
     assert set(res["experiments"]) == {"ppi"}
     assert "2 graphs x 64 nodes" in res["experiments"]["ppi"]["sizes"]
-    rows = check_rows(res, text, "ppi", "1.54, 1.25")  # Table 2: 2.0 / 1.3 s, 1.5 / 1.2 GB
+    rows = check_rows(res, text, "ppi")
     assert "lsp_own" not in rows["lsp_rbf"] and "(row-AT)/student" not in text
 
 
 def test_modelnet_rows(tmp_path, capsys):
     res, text = run(tmp_path, capsys, "--only", "modelnet", "--clouds", "2", "--points", "32")
     assert "2 clouds x 32 points" in res["experiments"]["modelnet"]["sizes"]
-    rows = check_rows(res, text, "modelnet", "2.42, 1.57")  # Table 4: 29 / 12 s, 2.2 / 1.4 GB
+    rows = check_rows(res, text, "modelnet")
     assert "(row-AT)/student" in text
     for m in METHODS:  # LSP's own cost: (row - AT) / student, for the LSP rows only
         own = (rows[m]["seconds"] - rows["at"]["seconds"]) / rows["student"]["seconds"]
@@ -74,7 +71,7 @@ def test_modelnet_rows(tmp_path, capsys):
 
 
 def test_compare_pyg(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(bench, "bench_ppi", lambda *a: ({}, "", ("graph", "Table 2", "s")))
+    monkeypatch.setattr(bench, "bench_ppi", lambda *a: ({}, ""))
     monkeypatch.setattr(bench, "print_table", lambda *a: None)
     res, text = run(tmp_path, capsys, "--only", "ppi", "--ppi-nodes", "16", "--compare-pyg")
     if importlib.util.find_spec("torch_geometric") is None:

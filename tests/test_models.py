@@ -398,14 +398,13 @@ def test_dgcnn_permutation_invariance(kw):
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_dgcnn_return_feats():
+def test_dgcnn_edge_features():
     torch.manual_seed(0)
     B, P, k = 2, 16, 5
     model = small_dgcnn(k=k).eval()
     pts = torch.randn(B, P, 3)
     with torch.no_grad():
-        feats, logits = model(pts, return_feats=True)
-        assert torch.allclose(model(pts), logits)
+        feats, logits = model.edge_features(pts), model(pts)
     assert logits.shape == (B, 7)
     assert len(feats) == len(model.convs) == 3
     prev = pts.reshape(B * P, 3)
@@ -421,7 +420,8 @@ def test_dgcnn_student_forward_small():
     torch.manual_seed(0)
     model = dgcnn_student().eval()
     with torch.no_grad():
-        feats, logits = model(torch.randn(2, 24, 3), return_feats=True)
+        pts = torch.randn(2, 24, 3)
+        feats, logits = model.edge_features(pts), model(pts)
     assert logits.shape == (2, 40) and torch.isfinite(logits).all()
     assert [f.shape[1] for f, _ in feats] == [32, 32, 64, 128]
     assert all(ei.shape == (2, 2 * 24 * 10) for _, ei in feats)

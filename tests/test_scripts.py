@@ -312,7 +312,7 @@ def test_a_bad_teacher_checkpoint_is_refused_without_running_its_code(content, c
 def test_a_student_checkpoint_of_another_teacher_is_refused(capsys):
     run("ppi", "--dry-run", "--teacher-ckpt", "t.pt")
     teacher = torch.load("t.pt")                              # the same settings, other weights
-    teacher["best"]["weights"]["layers.0.fc.weight"] += 1     # (PPI's: the best epoch's)
+    teacher["modules"]["model"]["layers.0.fc.weight"] += 1
     torch.save(teacher, "t.pt")
     err = error_line(capsys, lambda: train_ppi.main(["--dry-run", "--teacher-ckpt", "t.pt"]))
     assert "ckpt.pt" in err and "teacher" in err
