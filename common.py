@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -46,13 +45,14 @@ def fail(msg):
     sys.exit(f"error: {msg}")
 
 
-def main_guard(main):
+def main_guard(main, resumes=True):
     """Run a script's main(); Ctrl-C ends it with one line instead of a traceback."""
     try:
         main()
     except KeyboardInterrupt:
-        print(f"\ninterrupted: rerun the same command to go on from its last checkpoint "
-              f"(saved every {SAVE_EVERY} epochs)", file=sys.stderr)
+        print("\ninterrupted" + (": rerun the same command to go on from its last checkpoint "
+                                 f"(saved every {SAVE_EVERY} epochs)" if resumes else ""),
+              file=sys.stderr)
         sys.exit(130)
 
 
@@ -130,14 +130,14 @@ def digest(*parts):
     h = hashlib.sha1()
     for part in parts:
         part = part.detach().cpu().numpy() if torch.is_tensor(part) else part
-        h.update(np.ascontiguousarray(part).tobytes() if isinstance(part, np.ndarray) else
-                 json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(f"{part.dtype}{part.shape}".encode() + np.ascontiguousarray(part).tobytes()
+                 if isinstance(part, np.ndarray) else json.dumps(part, default=str).encode())
     return h.hexdigest()[:8]
 
 
 def save(obj, path):
     """JSON (path *.json) or torch.save, through a temp file: never a half-written file."""
-    tmp = path + ".tmp"
+    tmp = f"{path}.tmp{os.getpid()}"  # two runs saving one file do not share a temp file
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if path.endswith(".json"):
@@ -210,19 +210,16 @@ def fit(modules, opt, epochs, train_epoch, path, config, gen, who, sched=None,
     with it}; train_epoch(epoch) -> {term: mean}; validate() -> a score, the best epoch's
     weights kept (None: the last epoch's); structure() -> metrics before training and after
     STRUCTURE_EPOCHS; snapshot(epoch). -> {"epoch": the one kept, "best_val", "record"}."""
-    model, folder = modules["model"], os.path.dirname(os.path.abspath(path))
-    try:  # an unwritable folder is found now, not after the training
-        os.makedirs(folder, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as e:
-        fail(f"cannot write {path}: {e.strerror or e}")
+    model = modules["model"]
     if os.path.exists(path):
         state = load(path)
-        if not isinstance(state, dict) or state.get("config") != config:
-            theirs = state.get("config", {}) if isinstance(state, dict) else {}
-            differ = [k for k in set(config) | set(theirs) if config.get(k) != theirs.get(k)]
+        theirs = state.get("config") if isinstance(state, dict) else None
+        if not isinstance(theirs, dict):
+            fail(f"{path} is not a checkpoint of this code: give another, or delete it")
+        if theirs != config:
+            differ = sorted(k for k in set(config) | set(theirs) if config.get(k) != theirs.get(k))
             fail(f"{path} was not saved by this {who}'s settings (they differ in "
-                 f"{', '.join(sorted(differ)) or 'its format'}): delete it, or give another")
+                 f"{', '.join(differ)}): give another, or delete it to train anew")
         for k, m in modules.items():
             m.load_state_dict(state["modules"][k])
         if state["epoch"] + 1 < epochs:  # not complete: on from where it stopped

@@ -9,12 +9,14 @@ Graphs: edge_index (2, E), column e = (j, i), source j, target (centre) i.
 N nodes, E edges, F features (50), L labels (121), B clouds, P points per cloud.
 """
 import contextlib
+import http.client
 import json
 import os
 import shutil
 import sys
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
@@ -49,9 +51,10 @@ def fetch(folder, wanted, url):
         folder.mkdir(parents=True, exist_ok=True)
         if downloaded:
             print(f"downloading {url} ...", file=sys.stderr, flush=True)
-            with urllib.request.urlopen(url, timeout=30) as r, open(f"{zip_path}.part", "wb") as f:
+            part = folder / f".{zip_path.name}.part"
+            with urllib.request.urlopen(url, timeout=30) as r, open(part, "wb") as f:
                 shutil.copyfileobj(r, f)
-            os.replace(f"{zip_path}.part", zip_path)
+            os.replace(part, zip_path)
         with zipfile.ZipFile(zip_path) as zf:
             for info in zf.infolist():
                 name = PurePosixPath(info.filename).name
@@ -59,14 +62,15 @@ def fetch(folder, wanted, url):
                     with zf.open(info) as src, open(folder / f".{name}.part", "wb") as dst:
                         shutil.copyfileobj(src, dst)
                     os.replace(folder / f".{name}.part", folder / name)
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as e:
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError, zlib.error,
+            http.client.HTTPException) as e:
         raise DataError(
             f"the data is not in {folder.resolve()}, and downloading or unpacking {url} "
             f"failed: {e}\nTo install it by hand, put that zip at {zip_path.resolve()}, or "
             f"unpack its files into {folder.resolve()}.\nTo run without it: --data "
             f"synthetic (a generated stand-in, not the paper's data)") from e
-    finally:
-        for leftover in [f"{zip_path}.part"] + [zip_path] * downloaded:
+    finally:  # nothing half-written stays, nor a zip downloaded here
+        for leftover in [*folder.glob(".*.part"), *([zip_path] if downloaded else [])]:
             with contextlib.suppress(OSError):
                 os.remove(leftover)
 

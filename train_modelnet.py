@@ -240,7 +240,7 @@ def main(argv=None):
                "num_points": args.num_points, "params": num_params(student), **end, "macc": macc,
                "structure_by_epoch": fit["structure_by_epoch"],
                "teacher": {"params": num_params(teacher), "acc": t_acc, "macc": t_macc,
-                           "file": path, "structure": structure_t},
+                           "file": path, "digest": config_s["teacher"], "structure": structure_t},
                "command": " ".join(sys.argv), "args": vars(args)}
     common.save(results, os.path.join(run_dir, "results.json"))
     log(f"results in {os.path.join(run_dir, 'results.json')}")

@@ -1,7 +1,7 @@
 """PPI node classification (Sec. 4.1, Tables 1-2): a GAT teacher, then a small GAT student
 trained with the knowledge asked for, Eq. (7):
 
-    L = BCE(student, y) + λ L_LSP     (+ the KD, AT, FitNet, HKD, label-correlation terms)
+    L = BCE(student, y) + λ L_LSP     (+ the KD, AT, FitNet and HKD terms)
 
     python train_ppi.py --lsp --kernel rbf      # the paper's Student_LSP (the teacher first)
     python train_ppi.py --data synthetic --scale 0.1 --teacher-epochs 60 --epochs 60 --lsp
@@ -31,7 +31,7 @@ LR, WEIGHT_DECAY, EPOCHS = 0.005, 0.0, 500  # Adam, for the teacher and every st
 BATCH_SIZE = 2            # graphs per step, as the official code
 TEACHER_SEED = 0
 LAYER_S = LAYER_T = -1    # NOTE: the paper does not say which layers LSP compares: the last
-                          # hidden layer of each model (before its ELU), as the official code
+                          # hidden layer of each (before its ELU), as the official teacher's
 KD_ALPHA, KD_T = 0.1, 4.0  # NOTE: the paper ran no KD on PPI: ModelNet40's α, a usual T
 AT_WEIGHT = 1000.0        # NOTE: not in the paper; the attention is L2-normalised per graph,
 FITNET_WEIGHT = 1.0       # so its MSE is of order 1/N
@@ -40,10 +40,6 @@ HKD_WEIGHT = 0.1          # NOTE: not in the HKD slides: at initialisation, its 
 # NOTE: the official code's LSP is not the paper's: --official takes its L1 similarity,
 # KL(teacher || student), λ = 1, LSP in epochs 0-29 only, and the student's 3rd hidden layer
 OFFICIAL = {"kernel": "l1_official", "lsp_weight": 1.0, "epochs": 30, "layer_s": 2}
-
-
-def student_layer(args):
-    return OFFICIAL["layer_s"] if args.official else LAYER_S
 
 
 def micro_f1(logits, y):
@@ -69,7 +65,7 @@ def train_step(student, g, out_t, args, opt, learned, epoch):
     if not torch.isfinite(logits).all():
         fail(f"the student's outputs are not finite in epoch {epoch}: it diverged; try a "
              "smaller --lr or distillation weight")
-    feat_s = feats[student_layer(args)]                       # (N, F_s)
+    feat_s = feats[args.layer_s]                              # (N, F_s)
     loss = bce = F.binary_cross_entropy_with_logits(logits, g.y)
     terms = {"bce": bce}
     if args.kd:  # NOTE: per-label sigmoids: PPI has 121 labels, no softmax
@@ -99,8 +95,8 @@ def train_step(student, g, out_t, args, opt, learned, epoch):
 @torch.no_grad()
 def teacher_outputs(teacher, graphs, args):
     """What the frozen teacher offers, once per graph (the graphs are fixed): its features
-    (N, F_t), logits (N, C), and with --lsp its local structure log LS^t (E,) (Eq. 3; under
-    --sigma auto with the graph's own median σ)."""
+    (N, F_t), logits (N, C), and with --lsp its local structure log LS^t (E,) (Eq. 3). NOTE:
+    under --sigma auto, σ_t is each graph's own median; the student's, its batch's (2 graphs)"""
     outs = []
     for g in graphs:
         feats, logits = teacher(g.x, g.edge_index, return_feats=True)
@@ -122,7 +118,7 @@ def train(model, ds, args, epochs, seed, path, config, who, outs_t=None, structu
     distils from the teacher's outputs outs_t. Keeps the best-validation epoch's weights."""
     learned, device = {}, ds["train"][0].x.device
     if outs_t is not None:  # FitNet's regressor, HKD's maps: trained with the student
-        hidden = model.layers[:-1][student_layer(args)]
+        hidden = model.layers[:-1][args.layer_s]
         F_s, F_t = hidden.heads * hidden.out_dim, outs_t[0]["feat"].size(1)
         if args.fitnet:
             learned["regressor"] = nn.Linear(F_s, F_t).to(device)
@@ -165,6 +161,7 @@ def get_args(argv):
         args.epochs = args.teacher_epochs = 1
         args.scale = min(args.scale, 0.03)
     args.data = args.data or ("synthetic" if args.dry_run else "ppi")
+    args.layer_s = OFFICIAL["layer_s"] if args.official else LAYER_S  # the one LSP compares
     return args
 
 
@@ -187,10 +184,10 @@ def main(argv=None):
 
     # the teacher (Table 1): trained once with the paper's settings, then reused
     config = {"experiment": "ppi", "model": "gat_teacher", "epochs": args.teacher_epochs,
-              "seed": TEACHER_SEED, "recipe": [LR, WEIGHT_DECAY, BATCH_SIZE],
-              "dry_run": args.dry_run,
-              "data": common.digest(*[t for s in ds for g in ds[s] for t in g[:3]])}
+              "seed": TEACHER_SEED, "recipe": [LR, WEIGHT_DECAY, BATCH_SIZE], "dry_run":
+              args.dry_run, "data": common.digest(*[t for s in ds for g in ds[s] for t in g[:3]])}
     teacher_args, path = common.teacher_run(args, LR, config, name, run_dir)
+    teacher_args.layer_s = LAYER_T
     torch.manual_seed(TEACHER_SEED)
     teacher = gat_teacher().to(device)
     fit_t = train(teacher, ds, teacher_args, args.teacher_epochs, TEACHER_SEED, path, config,
@@ -210,7 +207,7 @@ def main(argv=None):
     @torch.no_grad()
     def structure():  # on the test graphs: the student against the teacher (Fig. 1)
         student.eval()
-        triples = [(student(g.x, g.edge_index, return_feats=True)[0][student_layer(args)],
+        triples = [(student(g.x, g.edge_index, return_feats=True)[0][args.layer_s],
                     o["feat"], g.edge_index) for g, o in zip(ds["test"], outs_t["test"])]
         return {**common.structure_metrics(triples), "test_f1": evaluate(student, ds["test"])}
 
@@ -227,7 +224,8 @@ def main(argv=None):
                "params": num_params(student), "best_epoch": fit["epoch"],
                "val_f1": fit["best_val"], **end, "structure_by_epoch": fit["structure_by_epoch"],
                "teacher": {"params": num_params(teacher), "test_f1": teacher_f1, "file": path,
-                           "epoch": fit_t["epoch"], "structure": structure_t},
+                           "digest": config_s["teacher"], "epoch": fit_t["epoch"],
+                           "structure": structure_t},
                "command": " ".join(sys.argv), "args": vars(args)}
     common.save(results, os.path.join(run_dir, "results.json"))
     log(f"results in {os.path.join(run_dir, 'results.json')}")

@@ -293,4 +293,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.main_guard(main, resumes=False)

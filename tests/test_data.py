@@ -183,6 +183,22 @@ def test_fetch_failure(tmp_path, name, failure):
     assert not (tmp_path / "x").is_dir() or os.listdir(tmp_path / "x") == []  # nothing left
 
 
+def test_a_corrupt_zip_is_a_data_error_and_leaves_nothing(tmp_path):
+    """Bytes flipped in a deflated member: a bad CRC or a zlib error, each a DataError."""
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "good.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("top/a.txt", "".join(f"line {i}\n" for i in range(2000)))
+    good = (tmp_path / "good.zip").read_bytes()
+    for at in range(40, 80):
+        bad = bytearray(good)
+        bad[at] ^= 0xFF
+        (tmp_path / "bad.zip").write_bytes(bytes(bad))
+        with pytest.raises(data.DataError):
+            data.fetch(tmp_path / "x", lambda name: name == "a.txt",
+                       (tmp_path / "bad.zip").as_uri())
+        assert os.listdir(tmp_path / "x") == []                 # no half-written file
+
+
 @pytest.mark.parametrize("name", LOADERS)
 def test_zip_without_the_release(tmp_path, name):
     """A zip at the URL without the release's files: DataError naming the URL and a file."""

@@ -285,13 +285,22 @@ def test_a_teacher_of_other_data_or_settings_is_refused(capsys):
     assert "experiment" in err
 
 
+def test_the_digest_tells_shapes_types_and_splits_apart():
+    a = torch.arange(6)
+    digests = {common.digest(a.view(2, 3)), common.digest(a.view(3, 2)),
+               common.digest(a[:1], a[1:]), common.digest(a[:2], a[2:]),
+               common.digest(torch.zeros(2, dtype=torch.int32)),
+               common.digest(torch.zeros(1, dtype=torch.int64))}
+    assert len(digests) == 6 and common.digest(a.view(2, 3)) == common.digest(a.view(2, 3))
+
+
 class Payload:
     """Pickled, it would print when loaded: a checkpoint must never run it."""
     def __reduce__(self):
         return print, ("CODE RAN",)
 
 
-@pytest.mark.parametrize("content", ["code", "truncated", "foreign"])
+@pytest.mark.parametrize("content", ["code", "truncated", "foreign", "config list"])
 def test_a_bad_teacher_checkpoint_is_refused_without_running_its_code(content, capsys):
     if content == "code":
         torch.save({"config": Payload()}, "t.pt")
@@ -301,9 +310,11 @@ def test_a_bad_teacher_checkpoint_is_refused_without_running_its_code(content, c
             head = f.read(1000)
         with open("t.pt", "wb") as f:
             f.write(head)
-    else:
+    elif content == "foreign":
         with open("t.pt", "wb") as f:
             pickle.dump([1, 2, 3], f)
+    else:
+        torch.save({"config": [1, 2]}, "t.pt")
     capsys.readouterr()
     err = error_line(capsys, lambda: train_ppi.main(["--dry-run", "--teacher-ckpt", "t.pt"]))
     assert "t.pt" in err and "CODE RAN" not in capsys.readouterr().out
