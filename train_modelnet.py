@@ -21,10 +21,10 @@ import torch.nn.functional as F
 
 import common
 import data
+import models
 import synthetic
 from common import fail, log
 from lsp_kd import HolisticMaps, at_loss, fitnet_loss, hkd_loss, kd_loss, lsp_loss, union_graph
-from models import STUDENT_VARIANTS, dgcnn_student, dgcnn_teacher, num_params
 
 # The paper's fixed settings (Sec. 4.2): SGD, lr 0.1, momentum 0.9, 250 epochs; NOTE: the
 # rest is DGCNN's code's, which the paper builds on
@@ -148,7 +148,7 @@ def get_args(argv):
     p.add_argument("--num-points", type=int, default=1024, help="first P points of each cloud")
     p.add_argument("--train-per-class", type=int, default=20, help="synthetic: clouds")
     p.add_argument("--test-per-class", type=int, default=5, help="synthetic: clouds")
-    p.add_argument("--variant", choices=list(STUDENT_VARIANTS), default="base",
+    p.add_argument("--variant", choices=list(models.STUDENT_VARIANTS), default="base",
                    help="the paper's student or a variant of Table 6")
     common.add_args(p, EPOCHS, LR, "runs/modelnet")
     p.add_argument("--save-epochs", type=lambda t: [int(e) for e in t.split(",")], default=[],
@@ -197,7 +197,7 @@ def main(argv=None):
                   "train_points", "train_labels", "test_points", "test_labels")])}
     teacher_args, path = common.teacher_run(args, LR, config, name, run_dir)
     torch.manual_seed(TEACHER_SEED)
-    teacher = dgcnn_teacher(num_classes=len(ds["class_names"])).to(device)
+    teacher = models.dgcnn_teacher(num_classes=len(ds["class_names"])).to(device)
     fit_t = train(teacher, ds, teacher_args, args.teacher_epochs, TEACHER_SEED, path, config,
                   "teacher")
     teacher.eval().requires_grad_(False)
@@ -208,9 +208,9 @@ def main(argv=None):
 
     # the student (Table 4, or a Table 6 variant)
     torch.manual_seed(args.seed)
-    student = dgcnn_student(args.variant).to(device)
-    log(f"{common.method_name(args)}: teacher {num_params(teacher):,} parameters (k = "
-        f"{teacher.k}), student {num_params(student):,} (k = {student.k})")
+    student = models.dgcnn_student(args.variant).to(device)
+    log(f"{common.method_name(args)}: teacher {models.num_params(teacher):,} parameters (k = "
+        f"{teacher.k}), student {models.num_params(student):,} (k = {student.k})")
 
     @torch.no_grad()
     def structure():  # on the test clouds, over the union graph: the student against the teacher
@@ -236,10 +236,10 @@ def main(argv=None):
         f"{t_macc:.4f}")
     common.log_structure("the student's structure on the test clouds", end)
     results = {"experiment": "modelnet", "method": common.method_name(args), "data": name,
-               "synthetic": args.data == "synthetic", "seed": args.seed,
-               "num_points": args.num_points, "params": num_params(student), **end, "macc": macc,
+               "synthetic": args.data == "synthetic", "seed": args.seed, "num_points":
+               args.num_points, "params": models.num_params(student), **end, "macc": macc,
                "structure_by_epoch": fit["structure_by_epoch"],
-               "teacher": {"params": num_params(teacher), "acc": t_acc, "macc": t_macc,
+               "teacher": {"params": models.num_params(teacher), "acc": t_acc, "macc": t_macc,
                            "file": path, "digest": config_s["teacher"], "structure": structure_t},
                "command": " ".join(sys.argv), "args": vars(args)}
     common.save(results, os.path.join(run_dir, "results.json"))

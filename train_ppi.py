@@ -20,11 +20,11 @@ import torch.nn.functional as F
 
 import common
 import data
+import models
 import synthetic
 from common import fail, log
 from lsp_kd import (HolisticMaps, at_loss, fitnet_loss, hkd_loss, kd_loss, log_local_structure,
                     lsp_loss)
-from models import gat_student, gat_teacher, num_params
 
 # The paper's fixed settings (Sec. 4.1), and ours where it is silent (NOTE)
 LR, WEIGHT_DECAY, EPOCHS = 0.005, 0.0, 500  # Adam, for the teacher and every student
@@ -189,7 +189,7 @@ def main(argv=None):
     teacher_args, path = common.teacher_run(args, LR, config, name, run_dir)
     teacher_args.layer_s = LAYER_T
     torch.manual_seed(TEACHER_SEED)
-    teacher = gat_teacher().to(device)
+    teacher = models.gat_teacher().to(device)
     fit_t = train(teacher, ds, teacher_args, args.teacher_epochs, TEACHER_SEED, path, config,
                   "teacher")
     teacher.eval().requires_grad_(False)
@@ -200,9 +200,9 @@ def main(argv=None):
 
     # the student (Table 2)
     torch.manual_seed(args.seed)
-    student = gat_student().to(device)
-    log(f"{common.method_name(args)}: teacher {num_params(teacher):,} parameters, student "
-        f"{num_params(student):,}")
+    student = models.gat_student().to(device)
+    log(f"{common.method_name(args)}: teacher {models.num_params(teacher):,} parameters, student "
+        f"{models.num_params(student):,}")
 
     @torch.no_grad()
     def structure():  # on the test graphs: the student against the teacher (Fig. 1)
@@ -221,10 +221,10 @@ def main(argv=None):
     common.log_structure("the student's structure on the test graphs", end)
     results = {"experiment": "ppi", "method": common.method_name(args), "data": name,
                "synthetic": args.data == "synthetic", "seed": args.seed,
-               "params": num_params(student), "best_epoch": fit["epoch"],
+               "params": models.num_params(student), "best_epoch": fit["epoch"],
                "val_f1": fit["best_val"], **end, "structure_by_epoch": fit["structure_by_epoch"],
-               "teacher": {"params": num_params(teacher), "test_f1": teacher_f1, "file": path,
-                           "digest": config_s["teacher"], "epoch": fit_t["epoch"],
+               "teacher": {"params": models.num_params(teacher), "test_f1": teacher_f1,
+                           "file": path, "digest": config_s["teacher"], "epoch": fit_t["epoch"],
                            "structure": structure_t},
                "command": " ".join(sys.argv), "args": vars(args)}
     common.save(results, os.path.join(run_dir, "results.json"))
