@@ -312,7 +312,7 @@ def test_a_bad_teacher_checkpoint_is_refused_without_running_its_code(content, c
             f.write(head)
     elif content == "foreign":
         with open("t.pt", "wb") as f:
-            pickle.dump([1, 2, 3], f)
+            pickle.dump([1, 2, 3], f, protocol=2)
     else:
         torch.save({"config": [1, 2]}, "t.pt")
     capsys.readouterr()
