@@ -236,8 +236,8 @@ def main(argv=None):
         f"{t_macc:.4f}")
     common.log_structure("the student's structure on the test clouds", end)
     results = {"experiment": "modelnet", "method": common.method_name(args), "data": name,
-               "synthetic": args.data == "synthetic", "seed": args.seed, "num_points":
-               args.num_points, "params": models.num_params(student), **end, "macc": macc,
+               "synthetic": args.data == "synthetic", "seed": args.seed, "macc": macc,
+               "num_points": args.num_points, "params": models.num_params(student), **end,
                "structure_by_epoch": fit["structure_by_epoch"],
                "teacher": {"params": models.num_params(teacher), "acc": t_acc, "macc": t_macc,
                            "file": path, "digest": config_s["teacher"], "structure": structure_t},

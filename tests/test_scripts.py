@@ -103,77 +103,87 @@ def test_help_shows_every_flag_with_its_default(capsys):
         assert len(set(flags)) <= 26 and "(default: 100.0)" in text  # λ = 100, the paper's
 
 
-FLAGS_ALL = ["--lsp", "--sigma", "2", "--lsp-weight", "7", "--kd", "--at", "--fitnet", "--hkd"]
+LSP_AT_FITNET = ["--lsp", "--sigma", "2", "--lsp-weight", "7", "--at", "--fitnet"]
+ALL_TERMS = [*LSP_AT_FITNET, "--kd", "--hkd"]
 
 
-def eq7(terms, task, lsp_weight):
-    """Eq. (7) with the scripts' weights: KD mixes with the task loss as (1 - α) and α = 0.1,
-    AT weighs 1000, FitNet 1, HKD 0.1."""
-    return (0.9 * task + 0.1 * terms["kd"] + lsp_weight * terms["lsp"] + 1000 * terms["at"]
-            + terms["fitnet"] + 0.1 * terms["hkd"])
+def eq7(terms, task):
+    """Eq. (7) with the flags above and the scripts' weights: KD mixes with the task loss as
+    (1 - α) and α = 0.1, λ = 7, AT weighs 1000, FitNet 1, HKD 0.1."""
+    return ((0.9 if "kd" in terms else 1.0) * terms[task] + 0.1 * terms.get("kd", 0)
+            + 7 * terms["lsp"] + 1000 * terms["at"] + terms["fitnet"] + 0.1 * terms.get("hkd", 0))
 
 
-def check_step(got, want, task):
-    assert set(got) == {"loss", task, "kd", "lsp", "at", "fitnet", "hkd"}
+def check_step(step, want, task, modules):
+    """step() runs train_step; its terms, loss and gradients (of every parameter in modules)
+    must be those of want, the terms computed here with autograd on the same inputs."""
+    params = [p for m in modules for p in m.parameters()]
+    grads = torch.autograd.grad(eq7(want, task), params)
+    got = step(torch.optim.SGD(params, lr=0.0))                # lr 0: the weights stay
+    assert set(got) == {"loss", *want}
     for k, v in want.items():
         assert got[k] == pytest.approx(v.item(), rel=1e-5, abs=1e-7), k
-    assert got["loss"] == pytest.approx(eq7(want, want[task], 7.0).item(), rel=1e-5)
+    assert got["loss"] == pytest.approx(eq7(want, task).item(), rel=1e-5)
+    for p, g in zip(params, grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
 
 
 def test_a_ppi_training_step_is_eq7_of_the_losses_it_names():
-    """train_step's terms are the lsp_kd losses on the step's inputs (LSP from the teacher's
-    cached log LS^t equals lsp_loss on its features), and its loss is Eq. (7) of them."""
-    args = train_ppi.get_args(FLAGS_ALL)
-    (idx, g), = itertools.islice(data.ppi_batches(synthetic.synthetic_ppi(scale=0.03)["train"],
-                                                 2), 1)
+    """train_step's terms are the lsp_kd losses on the step's inputs, taken from the teacher's
+    per-graph outputs as the script caches and stacks them (LSP from the cached log LS^t);
+    its loss is Eq. (7) of them, and it back-propagates that loss."""
+    args = train_ppi.get_args(ALL_TERMS)
+    graphs = synthetic.synthetic_ppi(scale=0.03)["train"]
+    (idx, g), = itertools.islice(data.ppi_batches(graphs, 2), 1)
     torch.manual_seed(0)
-    student = models.gat_student()
-    f_t, logits_t = torch.randn(len(g.x), 16), torch.randn(len(g.x), 121)
-    out_t = {"feat": f_t, "logits": logits_t,
-             "log_ls": lsp_kd.log_local_structure(f_t, g.edge_index, "rbf", 2.0)}
+    student, teacher = models.gat_student(), models.GAT(50, [8], [2, 2], 121).eval()
+    out_t = train_ppi.stack(train_ppi.teacher_outputs(teacher, graphs, args), idx)
     F_s = student.layers[-2].heads * student.layers[-2].out_dim
     learned = {"regressor": torch.nn.Linear(F_s, 16), "hkd": lsp_kd.HolisticMaps(F_s, 16)}
     with torch.no_grad():
-        feats, logits = student(g.x, g.edge_index, return_feats=True)
-        f_s = feats[-1]
-        want = {"bce": F.binary_cross_entropy_with_logits(logits, g.y),
-                "kd": lsp_kd.kd_loss(logits, logits_t, multilabel=True),
-                "lsp": lsp_kd.lsp_loss(f_s, f_t, g.edge_index, "rbf", 2.0),
-                "at": lsp_kd.at_loss(f_s, f_t, g.batch),
-                "fitnet": lsp_kd.fitnet_loss(f_s, f_t, learned["regressor"]),
-                "hkd": lsp_kd.hkd_loss(f_s, f_t, learned["hkd"])}
-    opt = torch.optim.SGD(student.parameters(), lr=0.0)
-    check_step(train_ppi.train_step(student, g, out_t, args, opt, learned, 0), want, "bce")
+        feats_t, logits_t = teacher(g.x, g.edge_index, return_feats=True)   # on the batch
+    feats, logits = student(g.x, g.edge_index, return_feats=True)
+    f_s, f_t = feats[-1], feats_t[-1]
+    want = {"bce": F.binary_cross_entropy_with_logits(logits, g.y),
+            "kd": lsp_kd.kd_loss(logits, logits_t, T=4.0, multilabel=True),
+            "lsp": lsp_kd.lsp_loss(f_s, f_t, g.edge_index, "rbf", 2.0),
+            "at": lsp_kd.at_loss(f_s, f_t, g.batch),
+            "fitnet": lsp_kd.fitnet_loss(f_s, f_t, learned["regressor"]),
+            "hkd": lsp_kd.hkd_loss(f_s, f_t, learned["hkd"])}
+    check_step(lambda opt: train_ppi.train_step(student, g, out_t, args, opt, learned, 0),
+               want, "bce", [student, *learned.values()])
 
 
-def test_a_modelnet_training_step_is_eq7_of_the_losses_it_names():
+@pytest.mark.parametrize("flags", [LSP_AT_FITNET, ALL_TERMS])   # without KD and HKD, the
+def test_a_modelnet_training_step_is_eq7_of_the_losses_it_names(flags):  # teacher's head idles
     """The same for ModelNet40, where LSP runs over E^u = E^s ∪ E^t (Sec. 3.5) and HKD on
     the pooled features."""
-    args = train_modelnet.get_args(FLAGS_ALL)
+    args = train_modelnet.get_args(flags)
     torch.manual_seed(0)
     small = {"emb_dim": 32, "mlp": (16,), "k": 4, "num_classes": 5}
     student = models.DGCNN(edge_dims=(8, 8), **small)
     teacher = models.DGCNN(edge_dims=(8, 12), **small).eval().requires_grad_(False)
     pts, labels = torch.randn(9, 24, 3), torch.arange(9) % 5
-    learned = {"regressor": torch.nn.Linear(8, 12),
-               "hkd": lsp_kd.HolisticMaps(student.global_dim, teacher.global_dim)}
-    with torch.no_grad():
-        torch.manual_seed(1)                                  # the head's dropout
-        feats, pooled = student.embed(pts)
-        logits = student.head(pooled)
-        feats_t, pooled_t = teacher.embed(pts)
-        (f_s, ei_s), (f_t, ei_t) = feats[-1], feats_t[-1]    # the last EdgeConv of each
-        want = {"ce": F.cross_entropy(logits, labels, label_smoothing=0.2),
-                "kd": lsp_kd.kd_loss(logits, teacher.head(pooled_t)),
-                "lsp": lsp_kd.lsp_loss(f_s, f_t, lsp_kd.union_graph(ei_s, ei_t, 9 * 24),
-                                       "rbf", 2.0),
-                "at": lsp_kd.at_loss(f_s, f_t, torch.arange(9).repeat_interleave(24)),
-                "fitnet": lsp_kd.fitnet_loss(f_s, f_t, learned["regressor"]),
-                "hkd": lsp_kd.hkd_loss(pooled, pooled_t, learned["hkd"])}
-    opt = torch.optim.SGD(student.parameters(), lr=0.0)
-    torch.manual_seed(1)
-    got = train_modelnet.train_step(student, teacher, pts, labels, args, opt, learned, 0)
-    check_step(got, want, "ce")
+    learned = {"regressor": torch.nn.Linear(8, 12)}
+    if args.hkd:
+        learned["hkd"] = lsp_kd.HolisticMaps(student.global_dim, teacher.global_dim)
+    torch.manual_seed(1)                                      # the head's dropout
+    feats, pooled = student.embed(pts)
+    logits = student.head(pooled)
+    feats_t, pooled_t = teacher.embed(pts)
+    (f_s, ei_s), (f_t, ei_t) = feats[-1], feats_t[-1]         # the last EdgeConv of each
+    want = {"ce": F.cross_entropy(logits, labels, label_smoothing=0.2),
+            "lsp": lsp_kd.lsp_loss(f_s, f_t, lsp_kd.union_graph(ei_s, ei_t, 9 * 24), "rbf", 2.0),
+            "at": lsp_kd.at_loss(f_s, f_t, torch.arange(9).repeat_interleave(24)),
+            "fitnet": lsp_kd.fitnet_loss(f_s, f_t, learned["regressor"])}
+    if args.hkd:
+        want["kd"] = lsp_kd.kd_loss(logits, teacher.head(pooled_t), T=4.0)
+        want["hkd"] = lsp_kd.hkd_loss(pooled, pooled_t, learned["hkd"])
+
+    def step(opt):
+        torch.manual_seed(1)
+        return train_modelnet.train_step(student, teacher, pts, labels, args, opt, learned, 0)
+    check_step(step, want, "ce", [student, *learned.values()])
 
 
 def test_micro_f1_hand_computed():
