@@ -7,6 +7,7 @@ named by a digest of its settings and data: trained once, then reused."""
 import argparse
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -19,6 +20,7 @@ import lsp_kd
 
 SAVE_EVERY = 5                              # epochs between checkpoints
 STRUCTURE_EPOCHS = (1, 5, 10, 20, 50, 100)  # Fig. 4's epochs: the structure after each
+PROGRESS_EVERY = 60                         # seconds between progress lines in a log file
 # RBF values lie in [0, 1], so within a neighbourhood LS_ij differ by a factor e at most: a
 # strong structure holds ~0.1 nats (KL from uniform, degree 14). Below 1e-4 nats the LS_i^t
 # are within ~1.5% of uniform: L_LSP is ~1e-4 of what the kernel allows, the term inert.
@@ -274,6 +276,21 @@ def fit(modules, opt, epochs, train_epoch, path, config, gen, who, sched=None,
     return {"epoch": state["best"]["epoch"] if validate else epochs - 1,
             "best_val": state["best"]["val"] if validate else None,
             "structure_by_epoch": state["record"]}
+
+
+def progress(batches, total, what):
+    """The first `total` of batches, and how far they are: on a terminal one line redrawn
+    after each, else a plain line (in log.txt too) every PROGRESS_EVERY seconds."""
+    t0 = last = time.time()
+    for i, batch in enumerate(itertools.islice(batches, total), 1):
+        yield batch
+        now = time.time()
+        line = f"{what}: {i}/{total} batches, {(now - t0) / i * (total - i):.0f} s left"
+        if sys.stdout.isatty():
+            print(f"\r\033[K{line}" if i < total else "\r\033[K", end="", flush=True)
+        elif now - last >= PROGRESS_EVERY and i < total:
+            log(line)
+            last = now
 
 
 # Structure: how much the teacher offers, how close the student comes (Fig. 1, Fig. 4) -----

@@ -229,6 +229,17 @@ def load_modelnet40(data_dir="data/modelnet40_ply_hdf5_2048", url=MODELNET_URL):
     return out
 
 
+def balanced_subset(labels, per_class, seed=0):
+    """A fixed draw of per_class clouds of every class (all of a class that has fewer), in
+    file order -> (indices (n,), [the classes that have fewer])."""
+    rng, picked, short = np.random.default_rng(seed), [], []
+    for c in range(MODELNET_CLASSES):
+        idx = np.flatnonzero(labels == c)
+        short += [c] if len(idx) < per_class else []
+        picked.append(rng.choice(idx, min(per_class, len(idx)), replace=False))
+    return np.sort(np.concatenate(picked)), short
+
+
 def pointcloud_batches(points, labels, batch_size, num_points=1024, train=False, generator=None):
     """Yield (points (B, P, 3) float32, labels (B,) int64), as DGCNN's loader: each cloud's
     first num_points points. train=True: the clouds shuffled, each augmented (per-axis scale

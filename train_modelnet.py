@@ -38,6 +38,7 @@ KD_ALPHA, KD_T = 0.1, 4.0  # the paper's α; NOTE: it gives no T, 4 is a usual o
 AT_WEIGHT, FITNET_WEIGHT = 1000.0, 1.0  # NOTE: not in the paper (see train_ppi.py)
 HKD_WEIGHT = 0.1          # NOTE: not in the HKD slides (see train_ppi.py)
 PROBE_BATCHES = 4         # training batches on which the teacher's structure is measured
+STRUCTURE_BATCHES = 16    # test batches on which the student's is (a rank correlation is slow)
 
 
 def accuracy(pred, labels):
@@ -129,9 +130,10 @@ def train(model, ds, args, epochs, seed, path, config, who, teacher=None, struct
         lr = sched.get_last_lr()[0]
         batches = data.pointcloud_batches(ds["train_points"], ds["train_labels"], batch,
                                           args.num_points, train=True, generator=gen)
+        total = 1 if args.dry_run else len(ds["train_labels"]) // batch
         steps = [train_step(model, teacher, pts.to(device), y.to(device), args, opt, learned,
                             epoch)
-                 for pts, y in itertools.islice(batches, 1 if args.dry_run else None)]
+                 for pts, y in common.progress(batches, total, f"{who} epoch {epoch:03d}")]
         return {**{k: sum(s[k] for s in steps) / len(steps) for k in steps[0]}, "lr": lr}
 
     return common.fit({"model": model, **learned}, opt, epochs, train_epoch, path, config, gen,
@@ -146,25 +148,33 @@ def get_args(argv):
     p.add_argument("--data-dir", default="data/modelnet40_ply_hdf5_2048",
                    help="where the release's files are, or go")
     p.add_argument("--num-points", type=int, default=1024, help="first P points of each cloud")
-    p.add_argument("--train-per-class", type=int, default=20, help="synthetic: clouds")
-    p.add_argument("--test-per-class", type=int, default=5, help="synthetic: clouds")
+    p.add_argument("--train-per-class", type=int, help="training clouds per class: of the real "
+                   "ones a fixed, balanced draw (None: all); synthetic: made (None: 20)")
+    p.add_argument("--test-per-class", type=int, help="synthetic only: test clouds made (None: 5; "
+                   "the real test set is always the whole official split)")
     p.add_argument("--variant", choices=list(models.STUDENT_VARIANTS), default="base",
                    help="the paper's student or a variant of Table 6")
     common.add_args(p, EPOCHS, LR, "runs/modelnet")
     p.add_argument("--save-epochs", type=lambda t: [int(e) for e in t.split(",")], default=[],
                    help="also save the student after these epochs, e.g. 1,5,10 (for figures)")
     args = p.parse_args(argv)
+    args.data = args.data or ("synthetic" if args.dry_run else "modelnet40")
+    synth = args.data == "synthetic"
     if args.dry_run:
-        args.epochs = args.teacher_epochs = 1
-        args.train_per_class = args.test_per_class = 1
+        args.epochs = args.teacher_epochs = args.train_per_class = 1
+        args.test_per_class = 1 if synth else args.test_per_class
         args.num_points = min(args.num_points, 128)
+    elif synth:
+        args.train_per_class = 20 if args.train_per_class is None else args.train_per_class
+        args.test_per_class = 5 if args.test_per_class is None else args.test_per_class
     common.check_args(p, args, [
         ("--num-points", args.num_points > 20, "> 20 (the teacher's k)"),
-        ("--train-per-class", args.train_per_class >= 1, ">= 1"),
-        ("--test-per-class", args.test_per_class >= 1, ">= 1"),
+        ("--train-per-class", args.train_per_class is None or args.train_per_class >= 1, ">= 1"),
+        ("--test-per-class", not synth or args.test_per_class >= 1, ">= 1"),
+        ("--test-per-class", synth or args.test_per_class is None,
+         "left out with real data (its test set is always the whole official split)"),
         ("--save-epochs", all(1 <= e <= args.epochs for e in args.save_epochs),
          f"epochs in [1, --epochs = {args.epochs}]")])
-    args.data = args.data or ("synthetic" if args.dry_run else "modelnet40")
     return args
 
 
@@ -172,10 +182,10 @@ def main(argv=None):
     args = get_args(argv)
     if args.summarize:  # a table of finished runs
         import visualize
-        return visualize.summarize(args.summarize, "modelnet", "acc")
+        return visualize.summarize(args.summarize, "modelnet", ("acc", "macc"))
     device = common.pick_device(args.device)
     name = (f"synthetic-{args.train_per_class}x{args.test_per_class}" if args.data == "synthetic"
-            else "modelnet40")
+            else f"modelnet40{f'-{args.train_per_class}perclass' if args.train_per_class else ''}")
     run_dir = common.open_run(args, name)
     try:
         ds = (synthetic.synthetic_modelnet40(args.train_per_class, args.test_per_class,
@@ -183,11 +193,20 @@ def main(argv=None):
               else data.load_modelnet40(args.data_dir))
     except data.DataError as e:
         fail(str(e))
-    if ds["train_points"].shape[1] < args.num_points:  # (N, P, 3)
-        fail(f"--num-points {args.num_points}, but the data's clouds have "
-             f"{ds['train_points'].shape[1]} points")
-    log(f"data {name}: train {len(ds['train_labels'])} clouds, test {len(ds['test_labels'])}, "
-        f"{args.num_points} points | {device}")
+    N, P = ds["train_points"].shape[:2]  # (N, P, 3)
+    if P < args.num_points:
+        fail(f"--num-points {args.num_points}, but the data's clouds have {P} points")
+    if args.data != "synthetic" and args.train_per_class:  # the test set stays whole
+        keep, short = data.balanced_subset(ds["train_labels"], args.train_per_class)
+        ds["train_points"], ds["train_labels"] = ds["train_points"][keep], ds["train_labels"][keep]
+        if short:
+            log(f"--train-per-class {args.train_per_class}: "
+                f"{', '.join(ds['class_names'][c] for c in short)} have fewer; all of theirs "
+                "are used")
+    if len(ds["train_labels"]) < BATCH_SIZE and not args.dry_run:
+        fail(f"{len(ds['train_labels'])} training clouds, fewer than a batch ({BATCH_SIZE})")
+    log(f"data {name}: train {len(ds['train_labels'])} clouds (of {N}), test "
+        f"{len(ds['test_labels'])}; {args.num_points} of each cloud's {P} points | {device}")
 
     # the teacher: trained once with DGCNN's settings, then reused
     config = {"experiment": "modelnet", "model": "dgcnn_teacher", "epochs": args.teacher_epochs,
@@ -213,10 +232,11 @@ def main(argv=None):
         f"{teacher.k}), student {models.num_params(student):,} (k = {student.k})")
 
     @torch.no_grad()
-    def structure():  # on the test clouds, over the union graph: the student against the teacher
+    def structure():  # over the union graph, the student against the teacher: on the first
+        # STRUCTURE_BATCHES of test clouds (the release's are in a shuffled order); acc on all
         student.eval()
         triples = []
-        for pts, _ in test_batches(ds, args):
+        for pts, _ in test_batches(ds, args, count=STRUCTURE_BATCHES):
             (f_s, ei_s), (f_t, ei_t) = (m.edge_features(pts.to(device))[LAYER]
                                         for m in (student, teacher))
             triples.append((f_s, f_t, union_graph(ei_s, ei_t, len(f_s))))

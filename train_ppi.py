@@ -10,7 +10,6 @@ The teacher is trained when its checkpoint is missing, then reused. Model select
 validation graphs: the test micro-F1 reported is the one at the best-validation epoch.
 N nodes, E edges, F features, C = 121 labels.
 """
-import itertools
 import os
 import sys
 
@@ -131,8 +130,9 @@ def train(model, ds, args, epochs, seed, path, config, who, outs_t=None, structu
     def train_epoch(epoch):
         model.train()
         batches = data.ppi_batches(ds["train"], BATCH_SIZE, generator=gen)
+        total = 1 if args.dry_run else -(-len(ds["train"]) // BATCH_SIZE)
         steps = [train_step(model, g, outs_t and stack(outs_t, idx), args, opt, learned, epoch)
-                 for idx, g in itertools.islice(batches, 1 if args.dry_run else None)]
+                 for idx, g in common.progress(batches, total, f"{who} epoch {epoch:03d}")]
         return {k: sum(s[k] for s in steps) / len(steps) for k in steps[0]}
 
     return common.fit({"model": model, **learned}, opt, epochs, train_epoch, path, config, gen,
@@ -169,7 +169,7 @@ def main(argv=None):
     args = get_args(argv)
     if args.summarize:  # a table of finished runs
         import visualize
-        return visualize.summarize(args.summarize, "ppi", "test_f1")
+        return visualize.summarize(args.summarize, "ppi", ("test_f1",))
     device = common.pick_device(args.device)
     name = f"synthetic-scale{args.scale:g}" if args.data == "synthetic" else "ppi"
     run_dir = common.open_run(args, name)

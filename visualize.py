@@ -67,11 +67,11 @@ def mean_std(values):
             else f"{v.mean():.2e} ± {v.std():.1e}")
 
 
-def summarize(out_dir, experiment, score):
+def summarize(out_dir, experiment, scores):
     """Mean ± std over seeds of the results.json under out_dir, a row per method and setting
-    (a method's later settings named by how they differ from its first), then per row the
-    score and the structure metrics by epoch."""
-    rows, keys = {}, [score, "ls_kl", "ls_kl_auto", "rank_corr"]
+    (a method's later settings named by how they differ from its first), the teachers' scores,
+    then per row the first score and the structure metrics by epoch."""
+    rows, keys = {}, [*scores, "ls_kl", "ls_kl_auto", "rank_corr"]
     for run_dir, r in find_runs([out_dir]):
         if r["experiment"] != experiment:
             fail(f"{run_dir} holds a run of {r['experiment']}: summarize it with its own script")
@@ -85,6 +85,10 @@ def summarize(out_dir, experiment, score):
         print(f"{name:<34} {len(runs):>5} " + " ".join(
             f"{mean_std([r[k] for r in runs]):>17}" for k in keys)
             + f"   seeds {sorted(r['seed'] for r in runs)}")
+    for file, got in sorted({(r["teacher"]["file"], tuple(r["teacher"][k] for k in scores))
+                             for runs in rows.values() for r in runs}):
+        print(f"teacher {file}: " + ", ".join(f"{k} {v:.4f}" for k, v in zip(scores, got)))
+    keys = keys[:1] + keys[len(scores):]
     for name, runs in rows.items():
         print(f"\n{name}: on the test data by epoch (0: before training)\n{'epoch':>5} "
               + " ".join(f"{k:>21}" for k in keys))
@@ -169,7 +173,11 @@ def structure(args):
     except data.DataError as e:
         fail(str(e))
     rng, labels = np.random.default_rng(SEED), ds["test_labels"]  # objects of B classes
-    classes = rng.choice(np.unique(labels), min(OBJECTS, len(np.unique(labels))), False)
+    unknown = set(args.classes or ()) - set(ds["class_names"])
+    if unknown:
+        fail(f"--classes: the data has no class {', '.join(sorted(unknown))}")
+    classes = ([ds["class_names"].index(c) for c in args.classes] if args.classes else
+               rng.choice(np.unique(labels), min(OBJECTS, len(np.unique(labels))), False))
     picked = [int(rng.choice(np.flatnonzero(labels == c))) for c in classes]
     pts = torch.as_tensor(ds["test_points"][picked, :a["num_points"]]).float()  # (B, P, 3)
     red = torch.as_tensor(rng.integers(a["num_points"], size=len(picked)))      # (B,)
@@ -283,6 +291,8 @@ def main(argv=None):
     p.add_argument("runs", nargs="+", metavar="RUN_DIR",
                    help="run folders, or folders holding them (found by their results.json)")
     p.add_argument("--out", default="figures", help="the folder of the PNGs")
+    p.add_argument("--classes", type=lambda t: t.split(","), help="structure: a test cloud of "
+                   f"each of these classes, e.g. airplane,chair,guitar (None: {OBJECTS} drawn)")
     args = p.parse_args(argv)
     if plt is None:
         fail("visualize.py needs matplotlib: pip install matplotlib")

@@ -65,9 +65,9 @@ def write_fake_ppi(folder, graph_ids=None):
     return truth
 
 
-def write_fake_modelnet(folder, train=(3, 2, 1, 2, 1), test=(2, 1), P=64):
-    """h5 files in the release layout (train0-4, test0-1); returns the points and labels of
-    each split in loading order."""
+def write_fake_modelnet(folder, train=(3, 2, 1, 2, 1), test=(2, 1), P=64, compression=None):
+    """h5 files in the release layout (train0-4, test0-1), labels in a random order; returns
+    the points and labels of each split in loading order."""
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "shape_names.txt").write_text("".join(f"class{c}\n" for c in range(40)))
@@ -78,7 +78,8 @@ def write_fake_modelnet(folder, train=(3, 2, 1, 2, 1), test=(2, 1), P=64):
             pts.append(rng.normal(size=(n, P, 3)).astype(np.float32))
             lab.append(rng.integers(0, 40, size=(n, 1)).astype(np.uint8))
             with h5py.File(folder / f"ply_data_{split}{i}.h5", "w") as f:
-                f["data"], f["label"] = pts[-1], lab[-1]
+                f.create_dataset("data", data=pts[-1], compression=compression)
+                f.create_dataset("label", data=lab[-1], compression=compression)
         out[split] = np.concatenate(pts), np.concatenate(lab).reshape(-1)
     return out
 
@@ -133,9 +134,11 @@ def test_load_ppi_matches_slow_reference(tmp_path):
             assert torch.equal(graph.batch, torch.zeros(len(nodes), dtype=torch.long))
 
 
-@pytest.mark.parametrize("train, test", [((3, 2, 1, 2, 1), (2, 1)), ((3,), (2,))])
-def test_load_modelnet40_every_file_in_name_order(tmp_path, train, test):
-    truth = write_fake_modelnet(tmp_path, train, test)
+@pytest.mark.parametrize("train, test, P, compression", [
+    ((3, 2, 1, 2, 1), (2, 1), 64, None), ((3,), (2,), 64, None),
+    ((4, 3, 5, 2, 3), (3, 4), 1024, "gzip")])  # as the 1024-point copy of the release
+def test_load_modelnet40_every_file_in_name_order(tmp_path, train, test, P, compression):
+    truth = write_fake_modelnet(tmp_path, train, test, P, compression)
     d = data.load_modelnet40(tmp_path)
     assert d["class_names"] == [f"class{c}" for c in range(40)]
     for split in ("train", "test"):
@@ -389,7 +392,8 @@ def test_real_modelnet40_1024_labels_match_shape_ids():
                                                                         for i in ids]
         assert np.bincount(d[f"{split}_labels"], minlength=40).tolist() == [
             int(row[column]) for row in counts]
-        assert d[f"{split}_points"].shape == (len(ids), 1024, 3)
+        assert d[f"{split}_points"].shape == ({"train": 9843, "test": 2468}[split], 1024, 3)
+        assert len(ids) == len(d[f"{split}_points"])
         assert np.isfinite(d[f"{split}_points"]).all()
         assert np.linalg.norm(d[f"{split}_points"], axis=2).max() <= 1 + 1e-5
 
@@ -448,6 +452,16 @@ def test_ppi_batches_cover_every_graph_once():
     assert [len(b) for b in runs[0]] == [2, 2, 1]
     assert sorted(sum(runs[0], [])) == [3, 4, 5, 6, 7]
     assert sorted(sum(sizes(data.ppi_batches(graphs, 5)), [])) == [3, 4, 5, 6, 7]
+
+
+def test_balanced_subset_is_fixed_and_balanced():
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(40), 3 + np.arange(40)))
+    labels = labels[labels != 5]                         # class 5: none; class 0: 3 clouds
+    keep, short = data.balanced_subset(labels, 4)
+    assert short == [0, 5] and np.array_equal(keep, np.unique(keep))  # in file order, once each
+    assert np.bincount(labels[keep], minlength=40).tolist() == [3, 4, 4, 4, 4, 0] + [4] * 34
+    assert np.array_equal(keep, data.balanced_subset(labels, 4)[0])  # the same every time
+    assert not np.array_equal(keep, data.balanced_subset(labels, 4, seed=1)[0])
 
 
 def test_pointcloud_test_batches_are_unaugmented():

@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import pickle
+import sys
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ import models
 import synthetic
 import train_modelnet
 import train_ppi
+from test_data import need_real, write_fake_modelnet
 
 SCRIPTS = {"ppi": train_ppi, "modelnet": train_modelnet}
 
@@ -203,6 +205,58 @@ def test_accuracy_and_mean_class_accuracy():
     assert train_modelnet.accuracy(pred, labels) == (133 / 160, 133 / 160)  # exact fractions
 
 
+def test_every_batch_is_trained_and_its_progress_shown(monkeypatch, capsys):
+    seen = []
+
+    def spy(batches, total, what):  # every batch of the epoch, and no more, is passed on
+        batches = list(batches)
+        seen.append((len(batches), total))
+        return progress(iter(batches), total, what)
+    progress = common.progress
+    monkeypatch.setattr(common, "progress", spy)
+    run("ppi", "--data", "synthetic", "--scale", "0.03", "--teacher-epochs", "1", "--epochs", "1",
+        "--out-dir", "a")
+    run("modelnet", *MODELNET_SHORT[:8], "--teacher-epochs", "1", "--epochs", "1", "--out-dir", "b")
+    assert seen == [(10, 10), (10, 10), (1, 1), (1, 1)]  # 20 graphs by 2; 40 clouds by 32
+    monkeypatch.setattr(common, "PROGRESS_EVERY", 0)   # a log file: plain lines
+    monkeypatch.setattr(common, "LOG", {"file": None, "tag": ""})
+    capsys.readouterr()
+    assert list(progress(iter(range(5)), 3, "epoch 007")) == [0, 1, 2]
+    assert [line.split(",")[0] for line in capsys.readouterr().out.splitlines()] == [
+        "epoch 007: 1/3 batches", "epoch 007: 2/3 batches"]
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # a terminal: one line redrawn
+    list(progress(iter(range(3)), 3, "epoch 008"))
+    out = capsys.readouterr().out
+    assert out.startswith("\r\033[Kepoch 008: 1/3 batches, ") and out.endswith("\r\033[K")
+    assert out.count("\r\033[K") == 3 and "\n" not in out
+
+
+def test_a_balanced_draw_of_the_real_training_clouds(tmp_path, capsys):
+    truth = write_fake_modelnet(tmp_path / "d", (40, 39), (40,), P=32)  # the release's layout
+    short = ["--data", "modelnet40", "--data-dir", str(tmp_path / "d"), "--num-points", "32",
+             "--teacher-epochs", "1", "--epochs", "1"]
+    res = run("modelnet", *short, "--train-per-class", "1", "--out-dir", "a")
+    out, present = capsys.readouterr().out, set(truth["train"][1].tolist())
+    assert res["data"] == "modelnet40-1perclass" and res["synthetic"] is False
+    assert "[synthetic]" not in out and f"train {len(present)} clouds (of 79), test 40" in out
+    missing = ", ".join(f"class{c}" for c in range(40) if c not in present)
+    assert f"--train-per-class 1: {missing} have fewer; all of theirs are used" in out
+    err = error_line(capsys, lambda: train_modelnet.main([*short, "--train-per-class", "0"]))
+    assert "--train-per-class must be >= 1" in err
+    write_fake_modelnet(tmp_path / "e", train=(20,), test=(4,), P=32)
+    err = error_line(capsys, lambda: train_modelnet.main([*short[:3], str(tmp_path / "e"),
+                                                          *short[4:]]))
+    assert "20 training clouds, fewer than a batch (32)" in err
+
+
+def test_a_dry_run_on_the_real_modelnet40_bears_its_name(capsys):
+    res = run("modelnet", "--data", "modelnet40", "--data-dir",  # the real folder, when here
+              str(need_real("modelnet40_1024")), "--dry-run", "--out-dir", "c")
+    assert res["data"] == "modelnet40-1perclass" and res["synthetic"] is False
+    assert "train 40 clouds (of 9843), test 2468; 128 of each cloud's 1024 points" in \
+        capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------------------------
 # One line for a bad input
 
@@ -224,6 +278,8 @@ def test_accuracy_and_mean_class_accuracy():
     ("modelnet", ["--num-points", "20"], "--num-points must be > 20"),
     ("modelnet", ["--save-epochs", "2"], "--save-epochs must be epochs in [1, --epochs = 1]"),
     ("modelnet", ["--official"], "unrecognized arguments: --official"),
+    ("modelnet", ["--data", "modelnet40", "--test-per-class", "3"],
+     "--test-per-class must be left out with real data"),
 ])
 def test_bad_flags_end_in_one_error_line(script, flags, says, capsys):
     err = error_line(capsys, lambda: SCRIPTS[script].main(["--dry-run", *flags]), status=2)

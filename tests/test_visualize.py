@@ -79,6 +79,10 @@ def test_structure_draws_fig4(work, monkeypatch):
     command = "python visualize.py structure runs/modelnet --out figures"
     # 3 objects x 2 students by 1 saved epoch and the teacher: 8 x 10.5 inches at 100 dpi
     check_png(work / "figures" / "fig4_structure.png", command, (800, 1050), work)
+    visualize.main(["structure", "runs/modelnet", "--out", "f", "--classes",
+                    "synthetic_cube,synthetic_sphere"])  # 2 objects: 7.75 inches high
+    check_png(work / "f" / "fig4_structure.png", "python visualize.py structure runs/modelnet "
+              "--out f --classes synthetic_cube,synthetic_sphere", (800, 775), work)
 
 
 def test_summarize_each_method_and_seed(work, capsys):
@@ -89,7 +93,8 @@ def test_summarize_each_method_and_seed(work, capsys):
         assert f"\n{method} " in out and f"\n{method}: on the test data by epoch" in out
     assert out.count("seeds [0]") == 3
     assert [line[:6] for line in out.splitlines()].count("    1 ") == 3  # after epoch 1
-    assert "acc" in out and "test_f1" in out
+    assert " macc " in out and "test_f1" in out
+    assert len([line for line in out.splitlines() if line.startswith("teacher ")]) == 2
 
 
 @pytest.mark.parametrize("case, message", [
@@ -99,7 +104,7 @@ def test_summarize_each_method_and_seed(work, capsys):
 def test_summarize_refuses_in_one_line(work, tmp_path, capsys, case, message):
     folder = work / "runs" / "modelnet" if case == "other experiment" else tmp_path
     with pytest.raises(SystemExit) as e:
-        visualize.summarize(str(folder), "ppi", "test_f1")
+        visualize.summarize(str(folder), "ppi", ("test_f1",))
     assert str(e.value.code).startswith("error: ") and "\n" not in str(e.value.code)
     assert message in str(e.value.code)
     assert capsys.readouterr().out == ""
@@ -109,6 +114,7 @@ def test_summarize_refuses_in_one_line(work, tmp_path, capsys, case, message):
     ("two without LSP", "one run without LSP and at least one with it; got 2 without and 0"),
     ("two teachers", "the runs differ in data, points per cloud or teacher file"),
     ("no teacher", "cannot read the checkpoint gone.pt"),
+    ("unknown class", "--classes: the data has no class chair, nope"),
 ])
 def test_structure_refuses_in_one_line(work, tmp_path, case, message):
     pytest.importorskip("matplotlib")
@@ -116,7 +122,9 @@ def test_structure_refuses_in_one_line(work, tmp_path, case, message):
                  work, tmp_path / "b", (False,)),
              "two teachers": lambda: copy_runs(work, tmp_path, (False,)) + copy_runs(
                  work, tmp_path, (True,), teacher="checkpoints/other.pt"),
-             "no teacher": lambda: copy_runs(work, tmp_path, teacher="gone.pt")}[case]()
+             "no teacher": lambda: copy_runs(work, tmp_path, teacher="gone.pt"),
+             "unknown class": lambda: copy_runs(work, tmp_path) + ["--classes", "nope,chair"]
+             }[case]()
     with pytest.raises(SystemExit) as e:
         visualize.main(["structure", *given, "--out", str(tmp_path / "figures")])
     assert str(e.value.code).startswith("error: ") and "\n" not in str(e.value.code)
