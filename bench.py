@@ -8,8 +8,7 @@ tensors over a step (CUDA: max_memory_allocated; CPU: the profiler's memory even
 the frozen teacher are not counted. N nodes, E edges, B clouds, P points, F features.
 
     python bench.py --quick --threads 1                  # reduced sizes, about 30 s
-    python bench.py --threads 1 --repeats 5 --only ppi   # full sizes, minutes
-"""
+    python bench.py --threads 1 --repeats 5 --only ppi   # full sizes, minutes"""
 import itertools
 import os
 import pathlib
@@ -28,8 +27,7 @@ import models
 
 LSP = {f"lsp_{k}": (k, 1.0) for k in lsp_kd.KERNELS} | {"lsp_rbf_auto": ("rbf", "auto")}
 ROWS = ["teacher", "student", "kd", "at", "fitnet", *LSP, "hkd"]  # LSP: its (kernel, σ)
-# the scripts' settings: λ of Eq. (7) and the baselines' weights; KD's α and T; ModelNet40's
-# label smoothing; PPI's average degree (Sec. 4.1)
+# the scripts' λ of Eq. (7), baseline weights, KD's α and T; ModelNet40's smoothing; PPI's degree
 WEIGHTS = {"lsp": 100.0, "at": 1000.0, "fitnet": 1.0, "hkd": 0.1}
 KD_ALPHA, KD_T, SMOOTHING, AVG_DEGREE = 0.1, 4.0, 0.2, 14
 FULL = {"ppi_nodes": 2372, "clouds": 32, "points": 1024}   # the paper's (Sec. 4.1, 4.2)
@@ -94,7 +92,7 @@ def trainer(row, model, learned, make_opt, loss):
     return step, state
 
 
-def make_rows(teacher, student, loss, widths, make_opt, device):
+def make_rows(teacher, student, loss, widths, device, make_opt):
     """The training rows: loss(row, model, learned) -> loss; widths (F_s, F_t) of FitNet's
     regressor and of HKD's maps."""
     steps = {}
@@ -154,7 +152,7 @@ def bench_ppi(args, device):
     hidden = models.gat_student().layers[-2]
     w = (hidden.heads * hidden.out_dim, feat_t.size(1))                # 136 -> 1024
     steps = make_rows(models.gat_teacher, models.gat_student, loss, {"fitnet": w, "hkd": w},
-                      lambda ps: torch.optim.Adam(ps, lr=0.005), device)
+                      device, lambda ps: torch.optim.Adam(ps, lr=0.005))
     return steps, f"2 graphs x {n} nodes, {ei.size(1)} edges (in-degree {ei.size(1) / 2 / n:.1f})"
 
 
@@ -192,9 +190,8 @@ def bench_modelnet(args, device):
     s = models.dgcnn_student()
     widths = {"fitnet": (s.convs[-1].fc.out_features, teacher.convs[-1].fc.out_features),
               "hkd": (s.global_dim, teacher.global_dim)}                # 128 -> 256, 256 -> 2048
-    steps = make_rows(models.dgcnn_teacher, models.dgcnn_student, loss, widths,
-                      lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-4),
-                      device)
+    steps = make_rows(models.dgcnn_teacher, models.dgcnn_student, loss, widths, device,
+                      lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-4))
     return steps, f"{B} clouds x {P} points; HKD k {hkd_k}"
 
 
@@ -226,14 +223,12 @@ def compare_pyg(args, device):
 
 
 def print_table(exp, rows, info):
-    """Seconds and MiB a step, and their ratios to the student's; on ModelNet40 LSP's own
-    cost: (row - AT) / student."""
+    """Seconds and MiB a step, their ratios to the student's; ModelNet40: (row - AT) / student."""
     print(f"\n== {exp} | {info}")
     s, own = rows["student"], exp == "modelnet"
     print(f"{'row':<23} {'s/iter':>8} {'x time':>7} {'MiB':>8} {'x mem':>6}"
           + (f" {'(row-AT)/student':>16}" if own else ""))
-    for m in ROWS:
-        r = rows[m]
+    for m, r in rows.items():
         r["x_time"], r["x_mem"] = r["seconds"] / s["seconds"], r["mem_mb"] / s["mem_mb"]
         if own and m in LSP:
             r["lsp_own"] = (r["seconds"] - rows["at"]["seconds"]) / s["seconds"]

@@ -180,6 +180,15 @@ def open_run(args, data_name):
     return run_dir
 
 
+def save_results(args, experiment, data_name, run_dir, results):
+    """run_dir/results.json: what the run is, its results, then its command and flags."""
+    path = os.path.join(run_dir, "results.json")
+    save({"experiment": experiment, "method": method_name(args), "data": data_name,
+          "synthetic": args.data == "synthetic", "seed": args.seed, **results,
+          "command": " ".join(sys.argv), "args": vars(args)}, path)
+    log(f"results in {path}")
+
+
 def teacher_run(args, lr, config, data_name, run_dir):
     """How the teacher trains: the run's args with the paper's learning rate and no
     distillation; where it is kept: --teacher-ckpt, else a file named by a digest of config
@@ -202,16 +211,14 @@ def pick_device(name):
 
 
 # The epoch loop, resumable ---------------------------------------------------------------
-
 def fit(modules, opt, epochs, train_epoch, path, config, gen, who, sched=None,
         validate=None, structure=None, snapshot=None):
-    """Train for `epochs` as nanoGPT resumes: a checkpoint at path (modules, optimiser,
-    scheduler, generator, RNG, epoch, best, record, config), saved every SAVE_EVERY epochs,
-    is gone on from when it exists; after the last epoch it holds the weights kept and no
-    more. One saved under another config is refused. modules: {"model": ..., modules trained
-    with it}; train_epoch(epoch) -> {term: mean}; validate() -> a score, the best epoch's
-    weights kept (None: the last epoch's); structure() -> metrics before training and after
-    STRUCTURE_EPOCHS; snapshot(epoch). -> {"epoch": the one kept, "best_val", "record"}."""
+    """Train for `epochs` as nanoGPT resumes: the checkpoint at path, saved every SAVE_EVERY
+    epochs, is gone on from when it exists; after the last epoch it holds the weights kept and no
+    more. One saved under another config is refused. modules: {"model": ..., modules trained with
+    it}; train_epoch(epoch) -> {term: mean}; validate() -> a score, the best epoch's weights kept
+    (None: the last epoch's); structure() -> metrics before training and after STRUCTURE_EPOCHS;
+    snapshot(epoch). -> {"epoch": the one kept, "best_val", "structure_by_epoch"}."""
     model = modules["model"]
     if os.path.exists(path):
         state = load(path)
@@ -273,9 +280,8 @@ def fit(modules, opt, epochs, train_epoch, path, config, gen, who, sched=None,
             model.load_state_dict(state["best"].pop("weights"))
         save({"epoch": epochs - 1, "modules": {k: m.state_dict() for k, m in modules.items()},
               "best": state["best"], "record": state["record"], "config": config}, path)
-    return {"epoch": state["best"]["epoch"] if validate else epochs - 1,
-            "best_val": state["best"]["val"] if validate else None,
-            "structure_by_epoch": state["record"]}
+    best = state["best"] if validate else {"epoch": epochs - 1, "val": None}
+    return {"epoch": best["epoch"], "best_val": best["val"], "structure_by_epoch": state["record"]}
 
 
 def progress(batches, total, what):
@@ -299,13 +305,11 @@ def structure_metrics(triples):
     """How close the student's structure is to the teacher's over [(feat_s, feat_t,
     edge_index)]: ls_kl, L_LSP of Eq. (5)-(6) with RBF σ = 1 (Fig. 1's quantity); ls_kl_auto,
     the same with each model's median σ; rank_corr, neighbour_rank_correlation's mean."""
-    kl, kl_auto, rho = [], [], []
-    for f_s, f_t, ei in triples:
-        kl.append(lsp_kd.lsp_loss(f_s, f_t, ei).item())
-        kl_auto.append(lsp_kd.lsp_loss(f_s, f_t, ei, sigma="auto").item())
-        rho.append(lsp_kd.neighbour_rank_correlation(f_s, f_t, ei).cpu())
+    kl = [lsp_kd.lsp_loss(*t).item() for t in triples]
+    kl_auto = [lsp_kd.lsp_loss(*t, sigma="auto").item() for t in triples]
+    rho = torch.cat([lsp_kd.neighbour_rank_correlation(*t).cpu() for t in triples])
     return {"ls_kl": float(np.mean(kl)), "ls_kl_auto": float(np.mean(kl_auto)),
-            "rank_corr": float(torch.cat(rho).nanmean())}
+            "rank_corr": float(rho.nanmean())}
 
 
 def log_structure(when, metrics):

@@ -6,8 +6,7 @@
   training augmentation.
 The synthetic stand-ins for machines without them are in synthetic.py.
 Graphs: edge_index (2, E), column e = (j, i), source j, target (centre) i.
-N nodes, E edges, F features (50), L labels (121), B clouds, P points per cloud.
-"""
+N nodes, E edges, F features (50), L labels (121), B clouds, P points per cloud."""
 import contextlib
 import http.client
 import json
@@ -220,8 +219,7 @@ def load_modelnet40(data_dir="data/modelnet40_ply_hdf5_2048", url=MODELNET_URL):
                 raise _bad(path, "holds labels outside 0..39 or points that are not finite")
             first = first or (path.name, p.shape[1])  # every file: as many points a cloud
             if p.shape[1] != first[1]:
-                raise _bad(path, f"holds clouds of {p.shape[1]} points, {first[0]} of "
-                                 f"{first[1]}")
+                raise _bad(path, f"holds clouds of {p.shape[1]} points, {first[0]} of {first[1]}")
             points.append(p)
             labels.append(lab.reshape(-1).astype(np.int64))
         out[f"{split}_points"] = np.concatenate(points)                   # (N, P, 3)
@@ -229,15 +227,17 @@ def load_modelnet40(data_dir="data/modelnet40_ply_hdf5_2048", url=MODELNET_URL):
     return out
 
 
-def balanced_subset(labels, per_class, seed=0):
-    """A fixed draw of per_class clouds of every class (all of a class that has fewer), in
-    file order -> (indices (n,), [the classes that have fewer])."""
-    rng, picked, short = np.random.default_rng(seed), [], []
-    for c in range(MODELNET_CLASSES):
-        idx = np.flatnonzero(labels == c)
-        short += [c] if len(idx) < per_class else []
+def balanced_subset(ds, per_class, seed=0):
+    """ds with a fixed draw of per_class training clouds of every class (all of a class that
+    has fewer), in file order; the test clouds stay. -> (ds, [the classes that have fewer])"""
+    rng, picked, fewer = np.random.default_rng(seed), [], []
+    for c, name in enumerate(ds["class_names"]):
+        idx = np.flatnonzero(ds["train_labels"] == c)
+        fewer += [name] if len(idx) < per_class else []
         picked.append(rng.choice(idx, min(per_class, len(idx)), replace=False))
-    return np.sort(np.concatenate(picked)), short
+    keep = np.sort(np.concatenate(picked))
+    return {**ds, "train_points": ds["train_points"][keep],
+            "train_labels": ds["train_labels"][keep]}, fewer
 
 
 def pointcloud_batches(points, labels, batch_size, num_points=1024, train=False, generator=None):

@@ -14,8 +14,7 @@ Notation (paper -> code):
     LS_ij         log_local_structure(...).exp()  Eq. (3), one value per edge, (E,)
     S_i, L_LSP    inside lsp_loss                 Eq. (5) per node (N,), Eq. (6) their mean
     E^u           union_graph(...)                Sec. 3.5
-Suffixes _s and _t: student and teacher. N nodes, E edges, F features, C labels or classes.
-"""
+Suffixes _s and _t: student and teacher. N nodes, E edges, F features, C labels or classes."""
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -42,8 +41,7 @@ def log_local_structure(feat, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0
         edge_index: (2, E) int64 or int32, column e = (j, i): from neighbour j to centre i.
         num_nodes: N, defaults to feat.size(0). A node without incoming edges has no LS_i.
     Returns: (E,) log LS_ij; exp() of the values on each centre's incoming edges sums to 1.
-    Raises ValueError for malformed input and for NaN or inf in feat (a diverged model).
-    """
+    Raises ValueError for malformed input and for NaN or inf in feat (a diverged model)."""
     N = feat.size(0) if num_nodes is None else num_nodes
     if feat.dim() != 2 or not feat.size(0) >= N >= 0:
         raise ValueError(f"feat must be (N, F) with N >= num_nodes, got {tuple(feat.shape)}, "
@@ -126,8 +124,7 @@ def lsp_loss(feat_s, feat_t, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0.
         log_ls_t: (E,) the teacher's log_local_structure, if known: a frozen teacher on a
             fixed graph needs it only once (train_ppi.py); feat_t is then not read.
     Returns: a scalar >= 0 (float32 for half-precision input), 0 when the structures agree.
-    Raises ValueError for malformed input and for NaN or inf in the features.
-    """
+    Raises ValueError for malformed input and for NaN or inf in the features."""
     N = feat_s.size(0) if num_nodes is None else num_nodes
     if log_ls_t is None and (feat_t.dim() != 2 or feat_t.size(0) != feat_s.size(0)):
         raise ValueError(f"feat_s and feat_t must be (N, F) with the same N, got "
@@ -250,7 +247,6 @@ def at_loss(feat_s, feat_t, batch):
 class HolisticMaps(torch.nn.Module):
     """HKD's learned maps Θ_l of H = Σ_{l=0..L} Â^l F Θ_l: per hop l a bias-free Linear
     Θ^s_l (F_s -> d) and Θ^t_l (F_t -> d), all trained with the student."""
-
     def __init__(self, dim_s, dim_t, dim=128, hops=1):
         super().__init__()
         # NOTE: the slides give no d and train Θ^s only; here all Θ, as the HKD authors' code

@@ -8,8 +8,7 @@
 
 Graphs are edge_index tensors of shape (2, E): edge_index[:, e] = (j, i) is an edge from the
 source j to the target (centre) i, as in PyG; messages flow j -> i.
-Dimensions: N nodes, E edges, H heads, F features, B batch, P points per cloud, k neighbours.
-"""
+Dimensions: N nodes, E edges, H heads, F features, B batch, P points per cloud, k neighbours."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -46,27 +45,22 @@ class GATConv(nn.Module):
 
     e_ij = LeakyReLU(a_srcᵀ W x_j + a_dstᵀ W x_i)      (MLP_1 of Eq. (2) on W x_i || W x_j)
     α_ij = softmax of e_ij over the incoming edges (j, i) of i
-    x_i' = Σ_j α_ij W x_j  (+ res_fc(x_i))           one such sum per head
-    """
-
+    x_i' = Σ_j α_ij W x_j  (+ res_fc(x_i))           one such sum per head"""
     def __init__(self, in_dim, out_dim, heads, residual=False, concat=True):
         super().__init__()
         self.heads, self.out_dim, self.concat = heads, out_dim, concat
-        # NOTE: the paper does not say how its GAT is built; here DGL 0.4's GATConv, as the
-        # official code: no bias and no dropout, and the teacher has exactly 3,640,748 params
+        # NOTE: unsaid in the paper: DGL 0.4's GATConv, as the official code (no bias, no dropout)
         self.fc = nn.Linear(in_dim, heads * out_dim, bias=False)
         self.attn_src = nn.Parameter(torch.empty(1, heads, out_dim))
         self.attn_dst = nn.Parameter(torch.empty(1, heads, out_dim))
         self.leaky_relu = nn.LeakyReLU(NEGATIVE_SLOPE)
-        # NOTE: the paper's Eq. (2) has no residual; here DGL 0.4's: a bias-free Linear where
-        # the widths differ, else the identity, because the official code adds it and its
-        # weights are part of the paper's 3,640,748.
+        # NOTE: the paper's Eq. (2) has no residual; here DGL 0.4's, as the official code (its
+        # weights are part of the paper's 3,640,748): a bias-free Linear, else the identity
         self.res_fc = None if not residual else (
             nn.Linear(in_dim, heads * out_dim, bias=False) if in_dim != out_dim else nn.Identity())
         gain = nn.init.calculate_gain("relu")
-        nn.init.xavier_normal_(self.fc.weight, gain=gain)
-        nn.init.xavier_normal_(self.attn_src, gain=gain)
-        nn.init.xavier_normal_(self.attn_dst, gain=gain)
+        for weight in (self.fc.weight, self.attn_src, self.attn_dst):
+            nn.init.xavier_normal_(weight, gain=gain)
         if isinstance(self.res_fc, nn.Linear):
             nn.init.xavier_normal_(self.res_fc.weight, gain=gain)
 
@@ -88,7 +82,6 @@ class GATConv(nn.Module):
 class GAT(nn.Module):
     """Stacked GATConv, ELU between layers, the output layer averaging its heads: the paper's
     teacher GAT(50, [256, 256], [4, 4, 6], 121) has 3,640,748 parameters."""
-
     def __init__(self, in_dim, hidden_dims, heads, out_dim, residual=True):
         super().__init__()
         if len(heads) != len(hidden_dims) + 1:
@@ -123,9 +116,8 @@ def gat_teacher(**kw):
 
 def gat_student(**kw):
     """The paper's PPI student: 5 layers, 2 heads each, hidden 68, 121 outputs."""
-    # NOTE: the paper says this student has 0.16M parameters; here it has 185,172, because
-    # its printed layer sizes, built like the teacher (DGL 0.4, as the official code), give
-    # that many. The sizes are kept, not the count.
+    # NOTE: the paper says 0.16M parameters; its printed layer sizes, built like the teacher
+    # (DGL 0.4, as the official code), give 185,172: the sizes are kept, not the count
     return GAT(PPI_FEATURES, [68, 68, 68, 68], [2, 2, 2, 2, 2], PPI_LABELS, **kw)
 
 
@@ -143,17 +135,14 @@ def knn_graph(x, k):
     sq = x.pow(2).sum(-1)                                          # (B, P)
     rank = torch.baddbmm(sq.unsqueeze(1), x, x.transpose(1, 2), alpha=-2)  # (B, P, P)
     nbr = rank.topk(k, dim=-1, largest=False).indices              # (B, P, k)
-    offset = torch.arange(B, device=x.device).view(B, 1, 1) * P
-    src = (nbr + offset).reshape(-1)                               # (B*P*k,) j
+    src = (nbr + P * torch.arange(B, device=x.device).view(B, 1, 1)).reshape(-1)  # (B*P*k,) j
     dst = torch.arange(B * P, device=x.device).repeat_interleave(k)  # (B*P*k,) i
     return torch.stack([src, dst])
 
 
 class EdgeConv(nn.Module):
     """EdgeConv, x_i' = max_{j:(j,i)∈E} LeakyReLU(BN(W [x_j - x_i || x_i])): Eq. (1) with g_φ
-    the identity, h_θ a 1×1 conv (bias-free Linear) + BN + LeakyReLU(0.2), A the max. In eval
-    mode on a knn_graph (k given), forward_eval_knn: the same numbers, no (E, F') features."""
-
+    the identity, h_θ a 1×1 conv (bias-free Linear) + BN + LeakyReLU(0.2), A the max."""
     def __init__(self, in_dim, out_dim):
         super().__init__()
         self.fc = nn.Linear(2 * in_dim, out_dim, bias=False)      # W = [W_a | W_b]
@@ -192,9 +181,8 @@ class EdgeConv(nn.Module):
         the edges, which embedding_bag(mode="max") does without materialising the (E, F')
         gather. (a < 0 is fine: the max is taken after the scaling.)"""
         h_j, h_i = self._project(x)                                # (N, F') each
-        bn = self.bn
-        a = bn.weight * (bn.running_var + bn.eps).rsqrt()          # (F',)
-        b = bn.bias - a * bn.running_mean                          # (F',)
+        a = self.bn.weight * (self.bn.running_var + self.bn.eps).rsqrt()  # (F',)
+        b = self.bn.bias - a * self.bn.running_mean                # (F',)
         nbr_max = F.embedding_bag(nbr, h_j * a, mode="max")        # max_j a·h_j: (N, F')
         return F.leaky_relu(nbr_max + h_i * a + b, NEGATIVE_SLOPE)  # (N, F')
 
@@ -203,7 +191,6 @@ class DGCNN(nn.Module):
     """Dynamic Graph CNN (Wang et al., 2019): EdgeConvs, each over the kNN graph of its input
     features (a dynamic graph), an optional point-wise embedding, max (and avg) pooling, an
     MLP head. The paper's teacher (dgcnn_teacher) has 1,809,576 parameters."""
-
     def __init__(self, edge_dims=(64, 64, 128, 256), emb_dim=1024, pool="maxavg",
                  mlp=(512, 256), k=20, num_classes=40, dropout=0.5, in_dim=3):
         super().__init__()
@@ -264,9 +251,8 @@ def dgcnn_teacher(**kw):
     return DGCNN((64, 64, 128, 256), emb_dim=1024, pool="maxavg", mlp=(512, 256), k=20, **kw)
 
 
-# Student variants: the paper's student and the three of Table 6.
-# NOTE: the paper gives Table 6's variants only by their sizes (0.44M, 0.14M, 0.30M); these
-# shapes are our reading, because it prints no widths; their true counts are beside them.
+# The student and Table 6's variants. NOTE: the paper gives those only by their sizes (0.44M,
+# 0.14M, 0.30M), no widths: these shapes are our reading, their true counts beside them.
 STUDENT_VARIANTS = {
     "base": dict(edge_dims=(32, 32, 64, 128), mlp=(256,)),          # 99,560
     "channels": dict(edge_dims=(64, 64, 128, 256), mlp=(256,)),     # 233,384
@@ -277,10 +263,9 @@ STUDENT_VARIANTS = {
 
 def dgcnn_student(variant="base", k=10, **kw):
     """The paper's ModelNet40 student (0.1M parameters), or a Table 6 variant of it."""
-    # NOTE: the paper gives only the EdgeConv widths, k = 10, one MLP layer of 256 and
-    # "0.1M" parameters; here no embedding layer and max pooling only (the teacher has
-    # both, as DGCNN), because that reading has 99,560 ≈ 0.1M parameters (165,096 with the
-    # teacher's max ⊕ avg pooling).
+    # NOTE: the paper gives only the EdgeConv widths, k = 10, one MLP layer of 256 and "0.1M"
+    # parameters; here no embedding layer and max pooling only (the teacher has both, as
+    # DGCNN): that reading has 99,560 ≈ 0.1M (165,096 with the teacher's max ⊕ avg pooling)
     return DGCNN(**STUDENT_VARIANTS[variant], emb_dim=0, pool="max", k=k, **kw)
 
 

@@ -5,8 +5,7 @@ seed, labelled synthetic everywhere ('synthetic': True, class names 'synthetic_.
   several hops of the graph (degree-corrected community graphs, multi-hop labels).
 - synthetic_modelnet40: 40 shape classes, points sampled on triangle meshes.
 Dimensions: N nodes, E edges, F features (50), L labels (121), K communities, P points per
-cloud, T triangles of a mesh, (U, V) a grid of surface points.
-"""
+cloud, T triangles of a mesh, (U, V) a grid of surface points."""
 import itertools
 
 import numpy as np
@@ -18,8 +17,7 @@ from data import PPI_FEATURES, PPI_LABELS, PPI_SPLITS, Graph
 PPI_GRAPH_SIZES = {  # nodes of each graph of the real release, by split
     "train": (1767, 1377, 2263, 2339, 1578, 1021, 1823, 2488, 591, 3312,
               2401, 1878, 1819, 3480, 2794, 2326, 2650, 2815, 3163, 3021),
-    "valid": (3230, 3284),
-    "test": (3224, 2300)}
+    "valid": (3230, 3284), "test": (3224, 2300)}
 MIN_NODES = 32                        # the smallest graph, whatever the scale
 COMMUNITY_STD = 0.5                   # features: a community mean of this std + N(0, 1) noise
 HOP_WEIGHTS = (0.5, 1.0, 0.8, 0.6)    # weights of x, Āx, Ā²x, Ā³x in the labels' linear part
@@ -43,8 +41,7 @@ def _synthetic_edges(n, rng, avg_degree=14, community_size=100, p_in=0.75, tail=
     cum = np.cumsum(theta[order])                                  # (n,)
     cum0 = np.concatenate([[0.0], cum])
     # (K,) start and end of each community on the line of cumulated θ
-    lo = cum0[np.searchsorted(comm[order], np.arange(K), "left")]
-    hi = cum0[np.searchsorted(comm[order], np.arange(K), "right")]
+    lo, hi = (cum0[np.searchsorted(comm[order], np.arange(K), side)] for side in ("left", "right"))
 
     def pick(u):  # points u of the θ-mass line -> nodes
         return order[np.minimum(np.searchsorted(cum, u, "right"), n - 1)]
@@ -77,10 +74,9 @@ def _synthetic_labels(hops, rng, num_labels, num_groups=12):
             + (hops[a_l] p_l) (hops[b_l] q_l)                 a product: needs a non-linear model
     y_l = score_l above its (1 - rate_l) quantile, rate_l ~ U[0.15, 0.45]
     (w = HOP_WEIGHTS, 0.7 = GROUP_SHARE, [0.15, 0.45] = LABEL_RATE)."""
-    F, L = hops[0].shape[1], num_labels
+    (N, F), L = hops[0].shape, num_labels
     group = rng.integers(num_groups, size=L)
     hop_a, hop_b = rng.integers(len(hops), size=(2, L))
-    N = len(hops[0])
     linear, prod_a, prod_b = np.zeros((N, L)), np.zeros((N, L)), np.zeros((N, L))
     for k, z in enumerate(hops):
         u, v = rng.normal(size=(F, L)), rng.normal(size=(F, num_groups))
@@ -97,9 +93,7 @@ def _synthetic_labels(hops, rng, num_labels, num_groups=12):
 def synthetic_ppi(seed=0, scale=1.0):
     """A synthetic stand-in for PPI -> {'train', 'valid', 'test': [data.Graph], 'synthetic':
     True}, by seed: 24 graphs of the real node counts × scale (at least MIN_NODES), 50
-    features, 121 labels. Degree-corrected community graphs, average degree 14, heavy-tailed,
-    symmetric, no self-loops; features: community mean + noise; labels: linear and product
-    terms of x, Āx, Ā²x, Ā³x (Ā: mean over neighbours), so they need three hops."""
+    features (community mean + noise), 121 labels that need three hops (_synthetic_labels)."""
     # NOTE: the paper's PPI is real; scores on this stand-in say nothing about its numbers
     rng = np.random.default_rng(seed)
     sizes = [max(MIN_NODES, round(n * scale)) for s in PPI_SPLITS for n in PPI_GRAPH_SIZES[s]]
@@ -336,8 +330,7 @@ def synthetic_modelnet40(num_train_per_class=20, num_test_per_class=5, num_point
     """A synthetic stand-in for ModelNet40, laid out as data.load_modelnet40, class names
     'synthetic_<shape>'; clouds of max(RELEASE_POINTS, num_points) points in random order, as
     the release, so that pointcloud_batches picks the first num_points alike. By seed."""
-    # NOTE: the paper uses ModelNet40's CAD models; these 40 procedural shapes stand in for
-    # them offline: accuracies on them say nothing about the paper's numbers.
+    # NOTE: not ModelNet40's CAD models: accuracies on these shapes say nothing of the paper's
     rng = np.random.default_rng(seed)
     shapes = list(_SHAPES.values())
     P = max(RELEASE_POINTS, num_points)

@@ -4,19 +4,14 @@ Teacher and student build kNN graphs (k = 20 and 10) in their own feature spaces
 taken over the union of both graphs' edges (Sec. 3.5), each model aggregates over its own.
 
     python train_modelnet.py --lsp --kernel rbf     # the paper's Student_LSP (the teacher first)
-    python train_modelnet.py --data synthetic --num-points 64 --train-per-class 6 \\
-        --test-per-class 4 --teacher-epochs 30 --epochs 15 --lsp --sigma auto
 
 As in DGCNN there is no validation split: the accuracies are the last epoch's.
-B clouds, P points per cloud, F features, k neighbours, C = 40 classes.
-"""
+B clouds, P points per cloud, F features, k neighbours, C = 40 classes."""
 import itertools
 import os
-import sys
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import common
@@ -26,14 +21,12 @@ import synthetic
 from common import fail, log
 from lsp_kd import HolisticMaps, at_loss, fitnet_loss, hkd_loss, kd_loss, lsp_loss, union_graph
 
-# The paper's fixed settings (Sec. 4.2): SGD, lr 0.1, momentum 0.9, 250 epochs; NOTE: the
-# rest is DGCNN's code's, which the paper builds on
+# The paper's SGD (Sec. 4.2); NOTE: the rest is DGCNN's code's, which the paper builds on
 LR, MOMENTUM, EPOCHS = 0.1, 0.9, 250
 LR_MIN, WEIGHT_DECAY, SMOOTHING = 1e-3, 1e-4, 0.2  # cosine annealing down to LR_MIN
 BATCH_SIZE, TEST_BATCH = 32, 16  # clouds per training step, per test batch
 TEACHER_SEED = 1          # DGCNN's seed
-LAYER = -1                # NOTE: the paper does not say which layer LSP compares: the last
-                          # EdgeConv of each model, the last whose output lives on a graph
+LAYER = -1                # NOTE: the paper does not say which layer LSP compares; the last EdgeConv
 KD_ALPHA, KD_T = 0.1, 4.0  # the paper's α; NOTE: it gives no T, 4 is a usual one
 AT_WEIGHT, FITNET_WEIGHT = 1000.0, 1.0  # NOTE: not in the paper (see train_ppi.py)
 HKD_WEIGHT = 0.1          # NOTE: not in the HKD slides (see train_ppi.py)
@@ -66,8 +59,7 @@ def evaluate(model, ds, args, device):
 
 
 def train_step(student, teacher, pts, labels, args, opt, learned, epoch):
-    """One step of Eq. (7) on the clouds pts (B, P, 3); the frozen teacher runs on them too,
-    since augmented clouds cannot be cached."""
+    """One step of Eq. (7) on the clouds pts (B, P, 3), augmented: the teacher runs on them too."""
     B, P, _ = pts.shape
     feats, pooled = student.embed(pts)  # per EdgeConv (its output (B*P, F), its kNN graph)
     logits = student.head(pooled)                             # (B, C) from (B, F_g)
@@ -115,8 +107,8 @@ def train(model, ds, args, epochs, seed, path, config, who, teacher=None, struct
     """SGD, cosine annealing, `epochs` resumable (common.fit); a student distils from teacher."""
     learned, device = {}, next(model.parameters()).device
     if teacher is not None and args.fitnet:  # trained with the student
-        learned["regressor"] = nn.Linear(model.convs[LAYER].fc.out_features,
-                                         teacher.convs[LAYER].fc.out_features).to(device)
+        learned["regressor"] = torch.nn.Linear(model.convs[LAYER].fc.out_features,
+                                               teacher.convs[LAYER].fc.out_features).to(device)
     if teacher is not None and args.hkd:
         learned["hkd"] = HolisticMaps(model.global_dim, teacher.global_dim).to(device)
     params = [p for m in (model, *learned.values()) for p in m.parameters()]
@@ -131,8 +123,7 @@ def train(model, ds, args, epochs, seed, path, config, who, teacher=None, struct
         batches = data.pointcloud_batches(ds["train_points"], ds["train_labels"], batch,
                                           args.num_points, train=True, generator=gen)
         total = 1 if args.dry_run else len(ds["train_labels"]) // batch
-        steps = [train_step(model, teacher, pts.to(device), y.to(device), args, opt, learned,
-                            epoch)
+        steps = [train_step(model, teacher, pts.to(device), y.to(device), args, opt, learned, epoch)
                  for pts, y in common.progress(batches, total, f"{who} epoch {epoch:03d}")]
         return {**{k: sum(s[k] for s in steps) / len(steps) for k in steps[0]}, "lr": lr}
 
@@ -162,17 +153,15 @@ def get_args(argv):
     synth = args.data == "synthetic"
     if args.dry_run:
         args.epochs = args.teacher_epochs = args.train_per_class = 1
-        args.test_per_class = 1 if synth else args.test_per_class
         args.num_points = min(args.num_points, 128)
-    elif synth:
+    if synth:  # None: synthetic.py's sizes
         args.train_per_class = 20 if args.train_per_class is None else args.train_per_class
         args.test_per_class = 5 if args.test_per_class is None else args.test_per_class
     common.check_args(p, args, [
         ("--num-points", args.num_points > 20, "> 20 (the teacher's k)"),
         ("--train-per-class", args.train_per_class is None or args.train_per_class >= 1, ">= 1"),
-        ("--test-per-class", not synth or args.test_per_class >= 1, ">= 1"),
-        ("--test-per-class", synth or args.test_per_class is None,
-         "left out with real data (its test set is always the whole official split)"),
+        ("--test-per-class", args.test_per_class is None or synth and args.test_per_class >= 1,
+         ">= 1, with --data synthetic only (real data: the whole official test split)"),
         ("--save-epochs", all(1 <= e <= args.epochs for e in args.save_epochs),
          f"epochs in [1, --epochs = {args.epochs}]")])
     return args
@@ -197,12 +186,9 @@ def main(argv=None):
     if P < args.num_points:
         fail(f"--num-points {args.num_points}, but the data's clouds have {P} points")
     if args.data != "synthetic" and args.train_per_class:  # the test set stays whole
-        keep, short = data.balanced_subset(ds["train_labels"], args.train_per_class)
-        ds["train_points"], ds["train_labels"] = ds["train_points"][keep], ds["train_labels"][keep]
-        if short:
-            log(f"--train-per-class {args.train_per_class}: "
-                f"{', '.join(ds['class_names'][c] for c in short)} have fewer; all of theirs "
-                "are used")
+        ds, fewer = data.balanced_subset(ds, args.train_per_class)
+        if fewer:
+            log(f"--train-per-class: {', '.join(fewer)} have fewer clouds, all of them used")
     if len(ds["train_labels"]) < BATCH_SIZE and not args.dry_run:
         fail(f"{len(ds['train_labels'])} training clouds, fewer than a batch ({BATCH_SIZE})")
     log(f"data {name}: train {len(ds['train_labels'])} clouds (of {N}), test "
@@ -232,14 +218,12 @@ def main(argv=None):
         f"{teacher.k}), student {models.num_params(student):,} (k = {student.k})")
 
     @torch.no_grad()
-    def structure():  # over the union graph, the student against the teacher: on the first
-        # STRUCTURE_BATCHES of test clouds (the release's are in a shuffled order); acc on all
-        student.eval()
-        triples = []
-        for pts, _ in test_batches(ds, args, count=STRUCTURE_BATCHES):
-            (f_s, ei_s), (f_t, ei_t) = (m.edge_features(pts.to(device))[LAYER]
-                                        for m in (student, teacher))
-            triples.append((f_s, f_t, union_graph(ei_s, ei_t, len(f_s))))
+    def structure():  # over the union graph, on the first STRUCTURE_BATCHES (the release
+        student.eval()  # shuffles its test clouds); acc on all of them
+        pairs = [[m.edge_features(pts.to(device))[LAYER] for m in (student, teacher)]
+                 for pts, _ in test_batches(ds, args, count=STRUCTURE_BATCHES)]
+        triples = [(f_s, f_t, union_graph(ei_s, ei_t, len(f_s)))
+                   for (f_s, ei_s), (f_t, ei_t) in pairs]
         return {**common.structure_metrics(triples), "acc": evaluate(student, ds, args, device)[0]}
 
     def snapshot(epoch):
@@ -255,15 +239,11 @@ def main(argv=None):
     log(f"last epoch: test acc {acc:.4f}, mean class acc {macc:.4f}; teacher {t_acc:.4f} / "
         f"{t_macc:.4f}")
     common.log_structure("the student's structure on the test clouds", end)
-    results = {"experiment": "modelnet", "method": common.method_name(args), "data": name,
-               "synthetic": args.data == "synthetic", "seed": args.seed, "macc": macc,
-               "num_points": args.num_points, "params": models.num_params(student), **end,
-               "structure_by_epoch": fit["structure_by_epoch"],
-               "teacher": {"params": models.num_params(teacher), "acc": t_acc, "macc": t_macc,
-                           "file": path, "digest": config_s["teacher"], "structure": structure_t},
-               "command": " ".join(sys.argv), "args": vars(args)}
-    common.save(results, os.path.join(run_dir, "results.json"))
-    log(f"results in {os.path.join(run_dir, 'results.json')}")
+    common.save_results(args, "modelnet", name, run_dir, {
+        "macc": macc, "num_points": args.num_points, "params": models.num_params(student), **end,
+        "structure_by_epoch": fit["structure_by_epoch"],
+        "teacher": {"params": models.num_params(teacher), "acc": t_acc, "macc": t_macc,
+                    "file": path, "digest": config_s["teacher"], "structure": structure_t}})
 
 
 if __name__ == "__main__":

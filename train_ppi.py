@@ -4,17 +4,13 @@ trained with the knowledge asked for, Eq. (7):
     L = BCE(student, y) + λ L_LSP     (+ the KD, AT, FitNet and HKD terms)
 
     python train_ppi.py --lsp --kernel rbf      # the paper's Student_LSP (the teacher first)
-    python train_ppi.py --data synthetic --scale 0.1 --teacher-epochs 60 --epochs 60 --lsp
 
 The teacher is trained when its checkpoint is missing, then reused. Model selection is on the
 validation graphs: the test micro-F1 reported is the one at the best-validation epoch.
-N nodes, E edges, F features, C = 121 labels.
-"""
+N nodes, E edges, F features, C = 121 labels."""
 import os
-import sys
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import common
@@ -120,7 +116,7 @@ def train(model, ds, args, epochs, seed, path, config, who, outs_t=None, structu
         hidden = model.layers[:-1][args.layer_s]
         F_s, F_t = hidden.heads * hidden.out_dim, outs_t[0]["feat"].size(1)
         if args.fitnet:
-            learned["regressor"] = nn.Linear(F_s, F_t).to(device)
+            learned["regressor"] = torch.nn.Linear(F_s, F_t).to(device)
         if args.hkd:
             learned["hkd"] = HolisticMaps(F_s, F_t).to(device)
     params = [p for m in (model, *learned.values()) for p in m.parameters()]
@@ -219,16 +215,12 @@ def main(argv=None):
     log(f"test micro-F1 {end['test_f1']:.4f} at the best-validation epoch {fit['epoch']} (val "
         f"f1 {fit['best_val']:.4f}); teacher test micro-F1 {teacher_f1:.4f}")
     common.log_structure("the student's structure on the test graphs", end)
-    results = {"experiment": "ppi", "method": common.method_name(args), "data": name,
-               "synthetic": args.data == "synthetic", "seed": args.seed,
-               "params": models.num_params(student), "best_epoch": fit["epoch"],
-               "val_f1": fit["best_val"], **end, "structure_by_epoch": fit["structure_by_epoch"],
-               "teacher": {"params": models.num_params(teacher), "test_f1": teacher_f1,
-                           "file": path, "digest": config_s["teacher"], "epoch": fit_t["epoch"],
-                           "structure": structure_t},
-               "command": " ".join(sys.argv), "args": vars(args)}
-    common.save(results, os.path.join(run_dir, "results.json"))
-    log(f"results in {os.path.join(run_dir, 'results.json')}")
+    common.save_results(args, "ppi", name, run_dir, {
+        "params": models.num_params(student), "best_epoch": fit["epoch"],
+        "val_f1": fit["best_val"], **end, "structure_by_epoch": fit["structure_by_epoch"],
+        "teacher": {"params": models.num_params(teacher), "test_f1": teacher_f1, "file": path,
+                    "digest": config_s["teacher"], "epoch": fit_t["epoch"],
+                    "structure": structure_t}})
 
 
 if __name__ == "__main__":

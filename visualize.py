@@ -111,7 +111,6 @@ def save_figure(fig, out_dir, name, command):
 
 
 # Fig. 4: the structure of the feature space ----------------------------------------------
-
 def saved_epochs(run_dir):  # after which --save-epochs saved the student: student_epoch001.pt
     return {int(p[-6:-3]) for p in glob.glob(os.path.join(glob.escape(run_dir), "student_epoch*"))}
 
@@ -224,7 +223,6 @@ def structure(args):
 
 
 # Curves: the structure metrics and the test score against the epoch ----------------------
-
 def by_epoch(res):
     """{epoch: metrics} of a run; ModelNet40's results, of its last epoch, are that epoch's
     point (PPI's are of the best-validation epoch: no point of the curve)."""
@@ -256,8 +254,7 @@ def draw_panel(ax, methods, key, label, scale):
     ax.set_xscale("symlog", linthresh=1, linscale=0.5)  # 1, 5, 10, 20, 50, 100; 0 before 1
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_yscale(scale)
-    ax.set(xlabel="epoch (log scale; 0: before training)", ylabel=label)
+    ax.set(yscale=scale, xlabel="epoch (log scale; 0: before training)", ylabel=label)
     ax.grid(alpha=0.3)
 
 

@@ -457,11 +457,16 @@ def test_ppi_batches_cover_every_graph_once():
 def test_balanced_subset_is_fixed_and_balanced():
     labels = np.random.default_rng(0).permutation(np.repeat(np.arange(40), 3 + np.arange(40)))
     labels = labels[labels != 5]                         # class 5: none; class 0: 3 clouds
-    keep, short = data.balanced_subset(labels, 4)
-    assert short == [0, 5] and np.array_equal(keep, np.unique(keep))  # in file order, once each
+    ds = {"class_names": [f"c{c}" for c in range(40)], "train_labels": labels,
+          "train_points": np.arange(len(labels)), "test_labels": np.arange(7)}
+    sub, fewer = data.balanced_subset(ds, 4)
+    keep = sub["train_points"]                           # the indices of the clouds kept
+    assert fewer == ["c0", "c5"] and np.array_equal(keep, np.unique(keep))  # file order, once
+    assert np.array_equal(sub["train_labels"], labels[keep]) and sub["test_labels"] is ds[
+        "test_labels"] and sub["class_names"] is ds["class_names"]
     assert np.bincount(labels[keep], minlength=40).tolist() == [3, 4, 4, 4, 4, 0] + [4] * 34
-    assert np.array_equal(keep, data.balanced_subset(labels, 4)[0])  # the same every time
-    assert not np.array_equal(keep, data.balanced_subset(labels, 4, seed=1)[0])
+    assert np.array_equal(keep, data.balanced_subset(ds, 4)[0]["train_points"])  # every time
+    assert not np.array_equal(keep, data.balanced_subset(ds, 4, seed=1)[0]["train_points"])
 
 
 def test_pointcloud_test_batches_are_unaugmented():

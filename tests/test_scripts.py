@@ -240,7 +240,7 @@ def test_a_balanced_draw_of_the_real_training_clouds(tmp_path, capsys):
     assert res["data"] == "modelnet40-1perclass" and res["synthetic"] is False
     assert "[synthetic]" not in out and f"train {len(present)} clouds (of 79), test 40" in out
     missing = ", ".join(f"class{c}" for c in range(40) if c not in present)
-    assert f"--train-per-class 1: {missing} have fewer; all of theirs are used" in out
+    assert f"--train-per-class: {missing} have fewer clouds, all of them used" in out
     err = error_line(capsys, lambda: train_modelnet.main([*short, "--train-per-class", "0"]))
     assert "--train-per-class must be >= 1" in err
     write_fake_modelnet(tmp_path / "e", train=(20,), test=(4,), P=32)
@@ -279,7 +279,7 @@ def test_a_dry_run_on_the_real_modelnet40_bears_its_name(capsys):
     ("modelnet", ["--save-epochs", "2"], "--save-epochs must be epochs in [1, --epochs = 1]"),
     ("modelnet", ["--official"], "unrecognized arguments: --official"),
     ("modelnet", ["--data", "modelnet40", "--test-per-class", "3"],
-     "--test-per-class must be left out with real data"),
+     "--test-per-class must be >= 1, with --data synthetic only"),
 ])
 def test_bad_flags_end_in_one_error_line(script, flags, says, capsys):
     err = error_line(capsys, lambda: SCRIPTS[script].main(["--dry-run", *flags]), status=2)
