@@ -74,35 +74,29 @@ def run_rows(steps, args, device):
     return {name: {**r, "seconds": statistics.median(r["times"])} for name, r in rows.items()}
 
 
-def trainer(row, model, learned, make_opt, loss):
-    """A training row: (step, state bytes); learned: FitNet's regressor or HKD's maps."""
-    params = [p for m in (model.train(), learned) if m is not None for p in m.parameters()]
-    opt = make_opt(params)
-
-    def step():
-        total = loss(row, model, learned)
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-
-    def state():  # parameters, gradients, optimiser state (momenta, Adam's moments)
-        held = params + [p.grad for p in params] + [
-            v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
-        return sum(t.numel() * t.element_size() for t in held if t is not None)
-    return step, state
-
-
 def make_rows(teacher, student, loss, widths, device, make_opt):
-    """The training rows: loss(row, model, learned) -> loss; widths (F_s, F_t) of FitNet's
-    regressor and of HKD's maps."""
-    steps = {}
-    for row in ROWS:
+    """The training rows {row: (step, state bytes)}: loss(row, model, learned) -> loss; learned:
+    FitNet's regressor or HKD's maps, of widths[row] (F_s, F_t)."""
+    def trainer(row):
         torch.manual_seed(0)
-        model = (teacher if row == "teacher" else student)().to(device)
+        model = (teacher if row == "teacher" else student)().to(device).train()
         learned = {"fitnet": torch.nn.Linear, "hkd": lsp_kd.HolisticMaps}.get(row)
         learned = learned(*widths[row]).to(device) if learned else None
-        steps[row] = trainer(row, model, learned, make_opt, loss)
-    return steps
+        params = [p for m in (model, learned) if m is not None for p in m.parameters()]
+        opt = make_opt(params)
+
+        def step():
+            total = loss(row, model, learned)
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+
+        def state():  # parameters, gradients, optimiser state (momenta, Adam's moments)
+            held = params + [p.grad for p in params] + [
+                v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
+            return sum(t.numel() * t.element_size() for t in held if t is not None)
+        return step, state
+    return {row: trainer(row) for row in ROWS}
 
 
 def total_loss(row, task, terms):

@@ -288,15 +288,19 @@ def progress(batches, total, what):
     """The first `total` of batches, and how far they are: on a terminal one line redrawn
     after each, else a plain line (in log.txt too) every PROGRESS_EVERY seconds."""
     t0 = last = time.time()
-    for i, batch in enumerate(itertools.islice(batches, total), 1):
-        yield batch
-        now = time.time()
-        line = f"{what}: {i}/{total} batches, {(now - t0) / i * (total - i):.0f} s left"
+    try:
+        for i, batch in enumerate(itertools.islice(batches, total), 1):
+            yield batch
+            now = time.time()
+            line = f"{what}: {i}/{total} batches, {(now - t0) / i * (total - i):.0f} s left"
+            if sys.stdout.isatty():
+                print(f"\r\033[K{line}", end="", flush=True)
+            elif now - last >= PROGRESS_EVERY and i < total:
+                log(line)
+                last = now
+    finally:  # the line wiped before the epoch's line, or an error's
         if sys.stdout.isatty():
-            print(f"\r\033[K{line}" if i < total else "\r\033[K", end="", flush=True)
-        elif now - last >= PROGRESS_EVERY and i < total:
-            log(line)
-            last = now
+            print("\r\033[K", end="", flush=True)
 
 
 # Structure: how much the teacher offers, how close the student comes (Fig. 1, Fig. 4) -----

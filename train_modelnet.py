@@ -26,7 +26,7 @@ LR, MOMENTUM, EPOCHS = 0.1, 0.9, 250
 LR_MIN, WEIGHT_DECAY, SMOOTHING = 1e-3, 1e-4, 0.2  # cosine annealing down to LR_MIN
 BATCH_SIZE, TEST_BATCH = 32, 16  # clouds per training step, per test batch
 TEACHER_SEED = 1          # DGCNN's seed
-LAYER = -1                # NOTE: the paper does not say which layer LSP compares; the last EdgeConv
+LAYER = -1                # NOTE: unsaid in the paper: LSP on the last EdgeConv, the last on a graph
 KD_ALPHA, KD_T = 0.1, 4.0  # the paper's α; NOTE: it gives no T, 4 is a usual one
 AT_WEIGHT, FITNET_WEIGHT = 1000.0, 1.0  # NOTE: not in the paper (see train_ppi.py)
 HKD_WEIGHT = 0.1          # NOTE: not in the HKD slides (see train_ppi.py)
@@ -35,8 +35,7 @@ STRUCTURE_BATCHES = 16    # test batches on which the student's is (a rank corre
 
 
 def accuracy(pred, labels):
-    """Overall accuracy, and the mean accuracy over the classes present in labels."""
-    # NOTE: the paper's mAcc is over all 40 classes; a small or synthetic test set may miss some
+    """Overall accuracy, and mAcc over the classes in labels (NOTE: the paper's over all 40)."""
     per_class = [(pred[labels == c] == c).sum().item() / (labels == c).sum().item()
                  for c in labels.unique().tolist()]
     return (pred == labels).sum().item() / len(labels), float(np.mean(per_class))
@@ -139,8 +138,8 @@ def get_args(argv):
     p.add_argument("--data-dir", default="data/modelnet40_ply_hdf5_2048",
                    help="where the release's files are, or go")
     p.add_argument("--num-points", type=int, default=1024, help="first P points of each cloud")
-    p.add_argument("--train-per-class", type=int, help="training clouds per class: of the real "
-                   "ones a fixed, balanced draw (None: all); synthetic: made (None: 20)")
+    p.add_argument("--train-per-class", type=int, help="clouds per class: a fixed, balanced draw "
+                   "of the real training set, the teacher's too (None: all); synthetic: made (20)")
     p.add_argument("--test-per-class", type=int, help="synthetic only: test clouds made (None: 5; "
                    "the real test set is always the whole official split)")
     p.add_argument("--variant", choices=list(models.STUDENT_VARIANTS), default="base",
@@ -153,6 +152,7 @@ def get_args(argv):
     synth = args.data == "synthetic"
     if args.dry_run:
         args.epochs = args.teacher_epochs = args.train_per_class = 1
+        args.test_per_class = 1 if synth else args.test_per_class
         args.num_points = min(args.num_points, 128)
     if synth:  # None: synthetic.py's sizes
         args.train_per_class = 20 if args.train_per_class is None else args.train_per_class
@@ -161,7 +161,7 @@ def get_args(argv):
         ("--num-points", args.num_points > 20, "> 20 (the teacher's k)"),
         ("--train-per-class", args.train_per_class is None or args.train_per_class >= 1, ">= 1"),
         ("--test-per-class", args.test_per_class is None or synth and args.test_per_class >= 1,
-         ">= 1, with --data synthetic only (real data: the whole official test split)"),
+         ">= 1 with --data synthetic, and left out with real data (its test split is whole)"),
         ("--save-epochs", all(1 <= e <= args.epochs for e in args.save_epochs),
          f"epochs in [1, --epochs = {args.epochs}]")])
     return args
@@ -188,7 +188,7 @@ def main(argv=None):
     if args.data != "synthetic" and args.train_per_class:  # the test set stays whole
         ds, fewer = data.balanced_subset(ds, args.train_per_class)
         if fewer:
-            log(f"--train-per-class: {', '.join(fewer)} have fewer clouds, all of them used")
+            log(f"--train-per-class {args.train_per_class}: fewer in {', '.join(fewer)}; all taken")
     if len(ds["train_labels"]) < BATCH_SIZE and not args.dry_run:
         fail(f"{len(ds['train_labels'])} training clouds, fewer than a batch ({BATCH_SIZE})")
     log(f"data {name}: train {len(ds['train_labels'])} clouds (of {N}), test "
@@ -218,8 +218,8 @@ def main(argv=None):
         f"{teacher.k}), student {models.num_params(student):,} (k = {student.k})")
 
     @torch.no_grad()
-    def structure():  # over the union graph, on the first STRUCTURE_BATCHES (the release
-        student.eval()  # shuffles its test clouds); acc on all of them
+    def structure():  # over the union graph, on the first STRUCTURE_BATCHES; acc on all
+        student.eval()
         pairs = [[m.edge_features(pts.to(device))[LAYER] for m in (student, teacher)]
                  for pts, _ in test_batches(ds, args, count=STRUCTURE_BATCHES)]
         triples = [(f_s, f_t, union_graph(ei_s, ei_t, len(f_s)))

@@ -164,7 +164,6 @@ def structure(args):
     first) and a column per saved epoch, the teacher in the last column."""
     without, with_lsp, epochs = pick_runs(find_runs(args.runs))
     rows, a = [without] + with_lsp, without[1]["args"]
-    path = without[1]["teacher"]["file"]  # as the run was given it
     try:
         ds = (synthetic.synthetic_modelnet40(a["train_per_class"], a["test_per_class"],
                                              a["num_points"]) if a["data"] == "synthetic"
@@ -172,16 +171,16 @@ def structure(args):
     except data.DataError as e:
         fail(str(e))
     rng, labels = np.random.default_rng(SEED), ds["test_labels"]  # objects of B classes
-    unknown = set(args.classes or ()) - set(ds["class_names"])
-    if unknown:
-        fail(f"--classes: the data has no class {', '.join(sorted(unknown))}")
+    there = [ds["class_names"][c] for c in np.unique(labels)]  # the classes of test clouds
+    if set(args.classes or ()) - set(there):
+        fail(f"--classes: no test cloud is of {', '.join(sorted(set(args.classes) - set(there)))}")
     classes = ([ds["class_names"].index(c) for c in args.classes] if args.classes else
                rng.choice(np.unique(labels), min(OBJECTS, len(np.unique(labels))), False))
     picked = [int(rng.choice(np.flatnonzero(labels == c))) for c in classes]
     pts = torch.as_tensor(ds["test_points"][picked, :a["num_points"]]).float()  # (B, P, 3)
     red = torch.as_tensor(rng.integers(a["num_points"], size=len(picked)))      # (B,)
     teacher = models.dgcnn_teacher(num_classes=len(ds["class_names"]))
-    teacher.load_state_dict(common.load(path)["modules"]["model"])  # as the runs saved it
+    teacher.load_state_dict(common.load(without[1]["teacher"]["file"])["modules"]["model"])
     d_t, d_s = distances(teacher, pts, red), {}  # d_s: (row, epoch) -> (B, P)
     for r, (run_dir, res) in enumerate(rows):
         student = models.dgcnn_student(res["args"]["variant"])

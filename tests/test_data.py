@@ -466,6 +466,7 @@ def test_balanced_subset_is_fixed_and_balanced():
         "test_labels"] and sub["class_names"] is ds["class_names"]
     assert np.bincount(labels[keep], minlength=40).tolist() == [3, 4, 4, 4, 4, 0] + [4] * 34
     assert np.array_equal(keep, data.balanced_subset(ds, 4)[0]["train_points"])  # every time
+    assert keep[:8].tolist() == [4, 6, 17, 20, 25, 27, 38, 53]  # and in every version
     assert not np.array_equal(keep, data.balanced_subset(ds, 4, seed=1)[0]["train_points"])
 
 

@@ -79,6 +79,7 @@ def test_dry_run(script, flags, method, capsys):
     res = run(script, "--dry-run", "--out-dir", "out", *flags)
     out = capsys.readouterr().out
     assert res["method"] == method and res["synthetic"] is True and res["seed"] == 0
+    assert res["data"] == {"ppi": "synthetic-scale0.03", "modelnet": "synthetic-1x1"}[script]
     assert all(line.startswith("[synthetic] ") for line in out.splitlines())
     (run_dir,) = glob.glob("out/*")
     assert sorted(os.listdir(run_dir)) == ["args.json", "ckpt.pt", "log.txt", "results.json",
@@ -228,7 +229,7 @@ def test_every_batch_is_trained_and_its_progress_shown(monkeypatch, capsys):
     list(progress(iter(range(3)), 3, "epoch 008"))
     out = capsys.readouterr().out
     assert out.startswith("\r\033[Kepoch 008: 1/3 batches, ") and out.endswith("\r\033[K")
-    assert out.count("\r\033[K") == 3 and "\n" not in out
+    assert out.count("\r\033[K") == 4 and "\n" not in out  # 3 lines, then wiped
 
 
 def test_a_balanced_draw_of_the_real_training_clouds(tmp_path, capsys):
@@ -240,7 +241,7 @@ def test_a_balanced_draw_of_the_real_training_clouds(tmp_path, capsys):
     assert res["data"] == "modelnet40-1perclass" and res["synthetic"] is False
     assert "[synthetic]" not in out and f"train {len(present)} clouds (of 79), test 40" in out
     missing = ", ".join(f"class{c}" for c in range(40) if c not in present)
-    assert f"--train-per-class: {missing} have fewer clouds, all of them used" in out
+    assert f"--train-per-class 1: fewer in {missing}; all taken" in out
     err = error_line(capsys, lambda: train_modelnet.main([*short, "--train-per-class", "0"]))
     assert "--train-per-class must be >= 1" in err
     write_fake_modelnet(tmp_path / "e", train=(20,), test=(4,), P=32)
@@ -279,7 +280,7 @@ def test_a_dry_run_on_the_real_modelnet40_bears_its_name(capsys):
     ("modelnet", ["--save-epochs", "2"], "--save-epochs must be epochs in [1, --epochs = 1]"),
     ("modelnet", ["--official"], "unrecognized arguments: --official"),
     ("modelnet", ["--data", "modelnet40", "--test-per-class", "3"],
-     "--test-per-class must be >= 1, with --data synthetic only"),
+     "--test-per-class must be >= 1 with --data synthetic, and left out with real data"),
 ])
 def test_bad_flags_end_in_one_error_line(script, flags, says, capsys):
     err = error_line(capsys, lambda: SCRIPTS[script].main(["--dry-run", *flags]), status=2)

@@ -114,7 +114,7 @@ def test_summarize_refuses_in_one_line(work, tmp_path, capsys, case, message):
     ("two without LSP", "one run without LSP and at least one with it; got 2 without and 0"),
     ("two teachers", "the runs differ in data, points per cloud or teacher file"),
     ("no teacher", "cannot read the checkpoint gone.pt"),
-    ("unknown class", "--classes: the data has no class chair, nope"),
+    ("unknown class", "--classes: no test cloud is of chair, nope"),
 ])
 def test_structure_refuses_in_one_line(work, tmp_path, case, message):
     pytest.importorskip("matplotlib")
