@@ -57,20 +57,22 @@ def peak_growth(step, device):
 
 def run_rows(steps, args, device):
     """steps {row: (step, state bytes)} -> {row: {mem_mb: state + peak growth, times,
-    seconds: their median}}; each timed round runs every row once."""
+    seconds: their median}}; each timed round runs every row once, in turn from another."""
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     rows = {}
     for name, (step, state) in steps.items():
         for _ in range(args.warmup):  # no lazy init, no optimiser state created in the peak
             step()
         rows[name] = {"mem_mb": (peak_growth(step, device) + state()) / MB, "times": []}
+    names = list(steps)
     for _ in range(args.repeats):
-        for name, (step, _) in steps.items():
+        for name in names:
             sync()
             t0 = time.perf_counter()
-            step()
+            steps[name][0]()
             sync()
             rows[name]["times"].append(time.perf_counter() - t0)
+        names = names[1:] + names[:1]  # next round: a row later; none always follows another
     return {name: {**r, "seconds": statistics.median(r["times"])} for name, r in rows.items()}
 
 

@@ -133,3 +133,13 @@ def test_out_folder_fails_before_the_benchmark(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         bench.main(["--quick", "--only", "ppi", "--out", str(tmp_path)])
     assert capsys.readouterr().err.startswith(f"error: --out {tmp_path} is a folder")
+
+
+def test_each_round_starts_a_row_later():
+    """No row always runs after the same one (after a large row the next one is slower)."""
+    order = []
+    steps = {n: (lambda n=n: order.append(n), lambda: 0) for n in "abc"}
+    args = bench.get_args(["--repeats", "3", "--warmup", "1"])
+    rows = bench.run_rows(steps, args, torch.device("cpu"))
+    assert order[-9:] == list("abcbcacab")
+    assert all(len(r["times"]) == 3 for r in rows.values())

@@ -126,29 +126,68 @@ def test_local_structure_matches_loop(kernel, kw, scale):
     torch.testing.assert_close(ls32.double(), ref, rtol=1e-4, atol=1e-6)
 
 
+PAIR_TERMS = {"rbf": lambda z_i, z_j: (z_i - z_j).pow(2).sum(-1),   # autograd's reference
+              "l2": lambda z_i, z_j: (z_i - z_j).pow(2).sum(-1),
+              "poly": lambda z_i, z_j: (z_i * z_j).sum(-1),
+              "linear": lambda z_i, z_j: (z_i * z_j).sum(-1),
+              "l1_official": lambda z_i, z_j: (z_i - z_j).abs().sum(-1)}
+
+
+def knn_union(N_per_cloud=16, clouds=3, seed=8):
+    """A union of two kNN graphs (k 4 and 6) over different features: ModelNet40's kind."""
+    from models import knn_graph
+    x_s, x_t = (features(clouds * N_per_cloud, 3, 1.0, seed=s) for s in (seed, seed + 1))
+    return union_graph(knn_graph(x_s.view(clouds, N_per_cloud, 3), 4),
+                       knn_graph(x_t.view(clouds, N_per_cloud, 3), 6), clouds * N_per_cloud)
+
+
+@pytest.mark.parametrize("graph", ["random", "knn_union"])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_pair_terms_equal_autograd(kernel, graph, monkeypatch):
+    """PairTerms (blocks, a written-out backward) against autograd on the plain formula over
+    all edges at once: the same values and gradients, in several blocks (BLOCK // F = 3
+    edges), on a random graph (duplicates, self-loops, unsorted) and a union of kNN graphs;
+    and float64 gradcheck."""
+    monkeypatch.setattr(lsp_kd, "BLOCK", 24)
+    edge_index = random_graph(30, 100, seed=6) if graph == "random" else knn_union()
+    N, (src, dst) = int(edge_index.max()) + 1, edge_index
+    feat = features(N, 8, 0.7, seed=7).requires_grad_()
+    weights = torch.randn(edge_index.size(1), dtype=torch.float64)
+    got = lsp_kd.PairTerms.apply(feat, src, dst, kernel)
+    want = PAIR_TERMS[kernel](feat[dst], feat[src])
+    assert edge_index.size(1) > 10 * 3 and (src == dst).any()   # many blocks, self-loops
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad((got * weights).sum(), feat)[0],
+                               torch.autograd.grad((want * weights).sum(), feat)[0],
+                               rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda f: lsp_kd.PairTerms.apply(f, src, dst, kernel),
+                                     (feat,))
+
+
 def test_local_structure_in_edge_blocks():
-    """The pairs are gathered in blocks of 2^20 // F edges: with F = 2^15 a block is 32
-    edges, so 300 edges make 10 blocks, recomputed in the backward pass; values and
-    gradients must equal a one-shot computation (per-centre log_softmax of SIM over all edges
-    at once)."""
+    """The pairs are gathered in blocks of 2^18 // F edges: with F = 2^15 a block is 8
+    edges, so 300 edges make 38 blocks; values and gradients of every kernel must equal a
+    one-shot computation (per-centre log_softmax of SIM over all edges at once)."""
     g = torch.Generator().manual_seed(3)
     N, F_dim, E = 30, 2 ** 15, 300
-    sims = {"rbf": lambda z_i, z_j: torch.exp(-(z_i - z_j).pow(2).sum(-1) / 2),
-            "linear": lambda z_i, z_j: (z_i * z_j).sum(-1)}
+    sims = {"rbf": lambda t: torch.exp(-t / 2), "l2": lambda t: t, "linear": lambda t: t,
+            "poly": lambda t: t ** 2, "l1_official": lambda t: torch.exp(-t / 100)}
     edge_index = torch.stack([torch.randint(0, N, (E,), generator=g),
                               torch.randint(0, N, (E,), generator=g)])   # unsorted centres
     feat = features(N, F_dim, 0.3 / F_dim ** 0.5, seed=4).requires_grad_()
     feat_t = features(N, F_dim, 0.3 / F_dim ** 0.5, seed=5)
     weights = torch.rand(E, generator=g, dtype=torch.float64)
-    for kernel in ("rbf", "linear"):
+    for kernel in KERNELS:
         src, dst = edge_index
-        sim = sims[kernel](feat[dst], feat[src])                             # one block
+        sim = sims[kernel](PAIR_TERMS[kernel](feat[dst], feat[src]) * (
+            1e3 if kernel == "l1_official" else 1))                          # one block
         ref = torch.zeros(E, dtype=torch.float64)
         for i in range(N):
             ref = ref.index_put(((dst == i).nonzero()[:, 0],),
                                 torch.log_softmax(sim[dst == i], dim=0))
         grad_ref, = torch.autograd.grad((ref * weights).sum(), feat)
-        log_ls = log_local_structure(feat, edge_index, kernel)
+        log_ls = log_local_structure(feat * (1e3 if kernel == "l1_official" else 1),
+                                     edge_index, kernel)
         grad, = torch.autograd.grad((log_ls * weights).sum(), feat)
         torch.testing.assert_close(log_ls, ref, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-12)
@@ -612,11 +651,11 @@ def random_graph(N, E, seed):
 
 
 def test_lsp_loss_pastes_alone():
-    """The source of log_local_structure and lsp_loss, run where only torch exists (and the
-    constants they read), gives the module's numbers and gradients."""
+    """The source of log_local_structure, lsp_loss, pair_blocks and PairTerms, run where only
+    torch exists (and the constants they read), gives the module's numbers and gradients."""
     namespace = {"torch": torch, "F": torch.nn.functional, "BLOCK": lsp_kd.BLOCK,
-                 "KERNELS": KERNELS, "checkpoint": torch.utils.checkpoint.checkpoint}
-    for f in (log_local_structure, lsp_loss):
+                 "KERNELS": KERNELS, "finite": lsp_kd.finite}
+    for f in (log_local_structure, lsp_loss, lsp_kd.pair_blocks, lsp_kd.PairTerms):
         exec(inspect.getsource(f), namespace)
     pasted = namespace["lsp_loss"]
     edge_index = random_graph(30, 120, seed=5)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
+import models
 from models import (DGCNN, GAT, EdgeConv, GATConv, dgcnn_student,
                     dgcnn_teacher, gat_student, gat_teacher, knn_graph, num_params,
                     scatter_softmax)
@@ -256,6 +257,21 @@ def test_knn_graph_matches_kdtree(dtype, F_dim, k):
     g = torch.Generator().manual_seed(10 * k + F_dim)
     x = torch.randn(3, 50, F_dim, generator=g, dtype=torch.float64).to(dtype)
     check_knn_against_kdtree(x, k, tol=0.0 if dtype == torch.float64 else 1e-4)
+
+
+@pytest.mark.parametrize("k", [1, 10, 20, 50])
+def test_smallest_ranks_only_the_chunks_it_must(k, monkeypatch):
+    """400 columns: smallest ranks only the k chunks of 8 columns with the smallest minima
+    (P >= 2·8·k; k = 50 takes topk); the same ids as topk, in its order. Through knn_graph: the k
+    nearest against cKDTree, one cloud a block."""
+    g = torch.Generator().manual_seed(k)
+    rank = torch.randn(2, 7, 400, generator=g)
+    got = models.smallest(rank, k)
+    assert got.shape == (2, 7, k)
+    assert torch.equal(got, rank.topk(k, dim=-1, largest=False).indices)  # nearest first
+    monkeypatch.setattr(models, "BLOCK", 400 * 400)
+    x = torch.randn(2, 400, 3, generator=g, dtype=torch.float64)
+    check_knn_against_kdtree(x, k, tol=0.0)
 
 
 def test_knn_graph_k_equals_p_and_errors():
