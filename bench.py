@@ -17,13 +17,16 @@ import statistics
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile, record_function
+try:  # Ctrl-C while torch loads: one line, not a traceback
+    import torch
+    import torch.nn.functional as F
+    from torch.profiler import ProfilerActivity, profile, record_function
 
-import common
-import lsp_kd
-import models
+    import common
+    import lsp_kd
+    import models
+except KeyboardInterrupt:
+    sys.exit("\ninterrupted")
 
 LSP = {f"lsp_{k}": (k, 1.0) for k in lsp_kd.KERNELS} | {"lsp_rbf_auto": ("rbf", "auto")}
 ROWS = ["teacher", "student", "kd", "at", "fitnet", *LSP, "hkd"]  # LSP: its (kernel, σ)
@@ -252,10 +255,11 @@ def get_args(argv=None):
     if args.quick:  # QUICK as the defaults: the flags given still win
         p.set_defaults(**QUICK)
         args = p.parse_args(argv)
-    for flag, least in (("threads", 1), ("repeats", 1), ("warmup", 1), ("ppi_nodes", 16),
-                        ("clouds", 2), ("points", 21)):  # the teacher's k = 20 < P
-        if getattr(args, flag) is not None and getattr(args, flag) < least:
-            p.error(f"--{flag.replace('_', '-')} must be >= {least}")
+    for flag, least, most in (("threads", 1, 1024), ("repeats", 1, 10 ** 4), ("warmup", 1, 100),
+                              ("ppi_nodes", 16, 10 ** 5), ("clouds", 2, 1024),
+                              ("points", 21, 4096)):  # the teacher's k = 20 < P
+        if getattr(args, flag) is not None and not least <= getattr(args, flag) <= most:
+            p.error(f"--{flag.replace('_', '-')} must be in [{least}, {most}]")
     if os.path.isdir(args.out):
         p.error(f"--out {args.out} is a folder; give the JSON file's path")
     return args

@@ -6,10 +6,13 @@ on from it) and, once complete, results.json. A teacher is the same kind of chec
 named by a digest of its settings and data: trained once, then reused."""
 import argparse
 import contextlib
+import glob
 import hashlib
 import itertools
 import json
+import math
 import os
+import signal
 import sys
 import time
 
@@ -48,14 +51,20 @@ def fail(msg):
 
 
 def main_guard(main, resumes=True):
-    """Run a script's main(); Ctrl-C ends it with one line instead of a traceback."""
+    """Run a script's main(); Ctrl-C (once or more) and a failed allocation end it with one
+    line instead of a traceback."""
     try:
         main()
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while it exits
         print("\ninterrupted" + (": rerun the same command to go on from its last checkpoint "
                                  f"(saved every {SAVE_EVERY} epochs)" if resumes else ""),
               file=sys.stderr)
         sys.exit(130)
+    except (MemoryError, RuntimeError) as e:  # torch's CPU allocator raises RuntimeError
+        if not isinstance(e, MemoryError) and "allocate" not in str(e):
+            raise
+        fail(f"out of memory ({str(e).splitlines()[0][:150]}): make the sizes smaller")
 
 
 class Parser(argparse.ArgumentParser):  # --help shows every default; errors are one line
@@ -100,13 +109,12 @@ def add_args(p, epochs, lr, out_dir):
 def check_args(p, args, rules=()):
     """Refuse values out of range and method flags without their method, with one line.
     rules: (flag, ok, what it must be) of the script's own flags."""
-    inf = float("inf")
     for flag, ok, must in (("--epochs", args.epochs >= 1, ">= 1"),
                            ("--teacher-epochs", args.teacher_epochs >= 1, ">= 1"),
-                           ("--lr", 0 < args.lr < inf, "a finite number > 0"),
-                           ("--lsp-weight", 0 <= args.lsp_weight < inf, "finite, >= 0"),
-                           ("--sigma", args.sigma == "auto" or 0 < args.sigma < inf,
-                            "a finite number > 0, or auto"),
+                           ("--lr", 0 < args.lr <= 100, "in (0, 100]"),
+                           ("--lsp-weight", 0 <= args.lsp_weight <= 1e6, "in [0, 1e6]"),
+                           ("--sigma", args.sigma == "auto" or 1e-15 <= args.sigma <= 1e15,
+                            "in [1e-15, 1e15], or auto"),
                            ("--seed", 0 <= args.seed < 2 ** 32, "in [0, 2^32)"), *rules):
         if not ok:
             p.error(f"{flag} must be {must}")
@@ -137,14 +145,34 @@ def digest(*parts):
     return h.hexdigest()[:8]
 
 
+def json_ready(obj):
+    """obj with null for NaN and inf, which JSON does not have (a metric without a value)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (dict, list, tuple)):
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+        out = {k: json_ready(v) for k, v in items}
+        return out if isinstance(obj, dict) else list(out.values())
+    return obj
+
+
 def save(obj, path):
-    """JSON (path *.json) or torch.save, through a temp file: never a half-written file."""
+    """JSON (path *.json) or torch.save, through a temp file: never a half-written file.
+    The temp files of saves killed before (their process gone) are removed."""
     tmp = f"{path}.tmp{os.getpid()}"  # two runs saving one file do not share a temp file
+    for old in glob.glob(glob.escape(path) + ".tmp*") if os.name == "posix" else ():
+        try:
+            os.kill(int(old.rsplit(".tmp", 1)[1]), 0)         # its process is alive
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                os.remove(old)
+        except (ValueError, OSError):                          # not a PID, another user's
+            pass
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if path.endswith(".json"):
             with open(tmp, "w") as f:
-                json.dump(obj, f, indent=1, allow_nan=False)
+                json.dump(json_ready(obj), f, indent=1, allow_nan=False)
         else:
             torch.save(obj, tmp)
         os.replace(tmp, path)
@@ -197,6 +225,9 @@ def teacher_run(args, lr, config, data_name, run_dir):
     path = args.teacher_ckpt or (os.path.join(run_dir, "teacher.pt") if args.dry_run else
                                  os.path.join("checkpoints", f"{config['experiment']}_teacher_"
                                               f"{data_name}_{digest(config)}.pt"))
+    if len(os.path.basename(path)) > 240:  # + ".tmp<PID>" must fit the file system's 255
+        fail(f"--teacher-ckpt: the file name is {len(os.path.basename(path))} characters "
+             "long; at most 240")
     return argparse.Namespace(**{**vars(args), **off, "lr": lr}), path
 
 
@@ -309,8 +340,12 @@ def structure_metrics(triples):
     """How close the student's structure is to the teacher's over [(feat_s, feat_t,
     edge_index)]: ls_kl, L_LSP of Eq. (5)-(6) with RBF σ = 1 (Fig. 1's quantity); ls_kl_auto,
     the same with each model's median σ; rank_corr, neighbour_rank_correlation's mean."""
-    kl = [lsp_kd.lsp_loss(*t).item() for t in triples]
-    kl_auto = [lsp_kd.lsp_loss(*t, sigma="auto").item() for t in triples]
+    try:
+        kl = [lsp_kd.lsp_loss(*t).item() for t in triples]
+        kl_auto = [lsp_kd.lsp_loss(*t, sigma="auto").item() for t in triples]
+    except ValueError as e:  # features not finite, or too large for the kernel
+        fail(f"the student's structure cannot be measured ({e}): it diverged; try a smaller "
+             "--lr or distillation weight")
     rho = torch.cat([lsp_kd.neighbour_rank_correlation(*t).cpu() for t in triples])
     return {"ls_kl": float(np.mean(kl)), "ls_kl_auto": float(np.mean(kl_auto)),
             "rank_corr": float(rho.nanmean())}

@@ -32,6 +32,8 @@ PPI_FEATURES, PPI_LABELS = 50, 121
 MODELNET_URL = ("https://huggingface.co/datasets/Msun/modelnet40/resolve/main/"
                 "modelnet40_ply_hdf5_2048.zip")
 MODELNET_CLASSES = 40
+MAX_VALUE = 1e6  # bound on a feature or coordinate: the real data lie far below it,
+                 # and values near 1e19 overflow float32 once squared
 AUG_SCALE, AUG_SHIFT = (2 / 3, 3 / 2), 0.2  # DGCNN's augmentation: scale U[2/3, 3/2], shift
 
 
@@ -112,6 +114,8 @@ def _read_ppi_split(folder, split):
     path = folder / f"{split}_graph.json"
     gid = _read_npy(folder / f"{split}_graph_id.npy", (None,)).astype(np.int64)
     N = len(gid)
+    if N == 0:
+        raise _bad(folder / f"{split}_graph_id.npy", "holds no node: the split is empty")
     x = _read_npy(folder / f"{split}_feats.npy", (N, PPI_FEATURES))
     y = _read_npy(folder / f"{split}_labels.npy", (N, PPI_LABELS))
     try:
@@ -130,11 +134,14 @@ def _read_ppi_split(folder, split):
     if len(src) and not 0 <= min(src.min(), dst.min()) <= max(src.max(), dst.max()) < N:
         raise _bad(path, f"has a link to a node outside 0..{N - 1}")
     for name, a, bad, rule in (("labels", y, (y != 0) & (y != 1), "labels are 0 or 1"),
-                               ("feats", x, ~np.isfinite(x), "features are finite")):
+                               ("feats", x, ~(np.abs(x) < MAX_VALUE), "features are finite "
+                                f"and below {MAX_VALUE:g}")):
         if bad.any():
             r, c = np.argwhere(bad)[0]
             raise _bad(folder / f"{split}_{name}.npy",
                        f"holds {a[r, c]} at row {r}, column {c}; PPI's {rule}")
+    if not y.any():
+        raise _bad(folder / f"{split}_labels.npy", "holds no label 1: nothing to learn or score")
     order = np.argsort(gid, kind="stable")                 # (N,) nodes grouped by graph
     _, counts = np.unique(gid, return_counts=True)
     offsets = np.concatenate([[0], np.cumsum(counts)])     # (G+1,) start of each graph
@@ -146,6 +153,8 @@ def _read_ppi_split(folder, split):
     graphs = []
     for g in range(len(counts)):
         k, o, nodes = key[bounds[g]:bounds[g + 1]], offsets[g], order[offsets[g]:offsets[g + 1]]
+        if len(k) == 0:  # a GAT learns nothing from a graph without edges
+            raise _bad(path, f"has no link within graph {np.unique(gid)[g]}")
         graphs.append(Graph(torch.as_tensor(x[nodes], dtype=torch.float32),
                             torch.as_tensor(y[nodes], dtype=torch.float32),
                             torch.as_tensor(np.stack([k % N - o, k // N - o])),  # (2, E_g)
@@ -215,13 +224,16 @@ def load_modelnet40(data_dir="data/modelnet40_ply_hdf5_2048", url=MODELNET_URL):
             if p.ndim != 3 or p.shape[2] != 3 or lab.size != len(p):
                 raise _bad(path, f"holds data {p.shape} and labels {lab.shape}, expected (n, P, "
                                  "3) and (n, 1)")
-            if not ((0 <= lab) & (lab < MODELNET_CLASSES)).all() or not np.isfinite(p).all():
-                raise _bad(path, "holds labels outside 0..39 or points that are not finite")
+            if not ((0 <= lab) & (lab < MODELNET_CLASSES)).all() or not (abs(p) < MAX_VALUE).all():
+                raise _bad(path, f"holds labels outside 0..39, or coordinates not below "
+                                 f"{MAX_VALUE:g} (the release's lie in the unit sphere)")
             first = first or (path.name, p.shape[1])  # every file: as many points a cloud
             if p.shape[1] != first[1]:
                 raise _bad(path, f"holds clouds of {p.shape[1]} points, {first[0]} of {first[1]}")
             points.append(p)
             labels.append(lab.reshape(-1).astype(np.int64))
+        if not sum(map(len, points)):
+            raise DataError(f"the ply_data_{split}*.h5 files in {folder.resolve()} hold no cloud")
         out[f"{split}_points"] = np.concatenate(points)                   # (N, P, 3)
         out[f"{split}_labels"] = np.concatenate(labels)                   # (N,)
     return out

@@ -6,8 +6,8 @@ the similarity kernels, Eq. (5)-(6) the LSP loss, Sec. 3.5 the union graph of dy
 Sec. 4.1 the baselines KD, FitNet and AT; then a later method the paper does not have,
 Holistic KD (Zhou et al., ICCV 2021).
 Every function needs only torch: copy the file down to union_graph (the imports, KERNELS,
-BLOCK, finite, log_local_structure, lsp_loss, pair_blocks, PairTerms) into your own code,
-or `pip install -e .` and import them.
+BLOCK, check, number, log_local_structure, lsp_loss, pair_blocks, PairTerms) into your own
+code, or `pip install -e .` and import them.
 
 Notation (paper -> code):
     z_i, z_j      feat[i], feat[j]                node features of one layer, (N, F)
@@ -16,6 +16,9 @@ Notation (paper -> code):
     S_i, L_LSP    inside lsp_loss                 Eq. (5) per node (N,), Eq. (6) their mean
     E^u           union_graph(...)                Sec. 3.5
 Suffixes _s and _t: student and teacher. N nodes, E edges, F features, C labels or classes."""
+import math
+import numbers
+
 import torch
 import torch.nn.functional as F
 
@@ -23,9 +26,31 @@ KERNELS = ("rbf", "poly", "linear", "l2", "l1_official")  # SIM of Eq. (3), see 
 BLOCK = 2 ** 18  # numbers PairTerms gathers at once on the CPU (cache-sized); GPUs: 16×
 
 
-def finite(z):
-    """torch.isfinite(z).all() in one pass with no z-sized temporary: 20× faster on the CPU."""
-    return z.numel() == 0 or bool(torch.stack(z.aminmax()).isfinite().all())
+def check(name, x, dims, floating=True):
+    """x if it is a torch tensor of `dims` dimensions, real floating point and finite
+    (floating=False: int64 or int32); else a TypeError or ValueError that names it. The
+    finiteness test takes one pass (aminmax): 20× faster than isfinite(x).all() on the CPU."""
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name} must be a torch tensor, got {type(x).__name__}")
+    if x.dim() != dims or not (x.is_floating_point() if floating else
+                               x.dtype in (torch.int64, torch.int32)):
+        kind = "real floating-point" if floating else "int64 (or int32)"
+        raise ValueError(f"{name} must be a {dims}-d {kind} tensor, got {x.dtype} "
+                         f"{tuple(x.shape)}")
+    if floating and x.numel() and not torch.stack(x.aminmax()).isfinite().all():
+        raise ValueError(f"{name} contains NaN or inf: has the model diverged?")
+    return x
+
+
+def number(name, x, ok, must, integer=False):
+    """x if it is a number (integer: an int), not a bool or a tensor, and ok(x); else a
+    TypeError or ValueError that names it."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral if integer else numbers.Real):
+        raise TypeError(f"{name} must be {'an int' if integer else 'a number'}, got "
+                        f"{type(x).__name__}")
+    if not ok(x):
+        raise ValueError(f"{name} must be {must}, got {x}")
+    return x
 
 
 def log_local_structure(feat, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0.0,
@@ -47,24 +72,22 @@ def log_local_structure(feat, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0
         num_nodes: N, defaults to feat.size(0). A node without incoming edges has no LS_i.
     Returns: (E,) log LS_ij; exp() of the values on each centre's incoming edges sums to 1.
     Raises ValueError for malformed input and for NaN or inf in feat (a diverged model)."""
-    N = feat.size(0) if num_nodes is None else num_nodes
-    if feat.dim() != 2 or not feat.size(0) >= N >= 0:
-        raise ValueError(f"feat must be (N, F) with N >= num_nodes, got {tuple(feat.shape)}, "
-                         f"num_nodes {N}")
-    if (edge_index.dim() != 2 or edge_index.size(0) != 2
-            or edge_index.dtype not in (torch.int64, torch.int32)):
-        raise ValueError(f"edge_index must be a (2, E) int64 (or int32) tensor, got "
-                         f"{edge_index.dtype} {tuple(edge_index.shape)}")
+    check("feat", feat, 2)
+    N = feat.size(0) if num_nodes is None else number(
+        "num_nodes", num_nodes, lambda n: 0 <= n <= feat.size(0), "in [0, feat.size(0)]", True)
+    if check("edge_index", edge_index, 2, floating=False).size(0) != 2:
+        raise ValueError(f"edge_index must be (2, E), got {tuple(edge_index.shape)}")
     lo, hi = edge_index.aminmax() if edge_index.numel() else (0, 0)  # ids of no node?
     if lo < 0 or hi >= N:
         raise ValueError(f"edge_index refers to node {int(lo if lo < 0 else hi)}, outside the "
                          f"nodes [0, {N})")
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; known kernels: {', '.join(KERNELS)}")
-    if kernel == "rbf" and sigma != "auto" and (isinstance(sigma, str) or not sigma > 0):
-        raise ValueError(f"sigma must be a number > 0 or 'auto', got {sigma!r}")
-    if not finite(feat):
-        raise ValueError("the features contain NaN or inf: has the model diverged?")
+    if kernel == "rbf" and sigma != "auto":  # 2σ² neither 0 nor inf in float32
+        number("sigma", sigma, lambda s: 1e-15 <= s <= 1e15, "in [1e-15, 1e15], or 'auto'")
+    if kernel == "poly":
+        number("degree", degree, lambda d: d >= 1, ">= 1", integer=True)
+        number("c", c, math.isfinite, "finite")
     feat = feat.float() if feat.dtype in (torch.float16, torch.bfloat16) else feat
     src, dst = edge_index                                     # j, i: (E,) each
     E = src.numel()
@@ -82,6 +105,9 @@ def log_local_structure(feat, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0
         sim = torch.exp(-t / 100)
     else:  # "linear": z_iᵀz_j; "l2": NOTE: Eq. (4) as printed, a *positive* squared distance,
         sim = t  # so after the softmax the farthest neighbour weighs most; kept literal
+    if sim.numel() and not torch.stack(sim.detach().aminmax()).isfinite().all():
+        raise ValueError(f"SIM ({kernel}) overflows {sim.dtype} on some edge: the features "
+                         "are too large for it; scale them down (or use float64)")
     # 3. Eq. (3): a softmax over each centre's incoming edges, in logs; each group's max is
     #    subtracted (detached: the softmax does not depend on it) so that exp() stays finite
     group_max = sim.new_zeros(N).scatter_reduce_(0, dst, sim.detach(), "amax",
@@ -111,18 +137,15 @@ def lsp_loss(feat_s, feat_t, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0.
             fixed graph needs it only once (train_ppi.py); feat_t is then not read.
     Returns: a scalar >= 0 (float32 for half-precision input), 0 when the structures agree.
     Raises ValueError for malformed input and for NaN or inf in the features."""
-    N = feat_s.size(0) if num_nodes is None else num_nodes
-    if log_ls_t is None and (feat_t.dim() != 2 or feat_t.size(0) != feat_s.size(0)):
-        raise ValueError(f"feat_s and feat_t must be (N, F) with the same N, got "
-                         f"{tuple(feat_s.shape)} and {tuple(feat_t.shape)}")
-    for z, who in [(feat_s, "student")] + ([(feat_t, "teacher")] if log_ls_t is None else []):
-        if not finite(z):
-            raise ValueError(f"the {who}'s features contain NaN or inf: has it diverged?")
+    N = check("feat_s", feat_s, 2).size(0) if num_nodes is None else num_nodes
+    if log_ls_t is None and check("feat_t", feat_t, 2).size(0) != feat_s.size(0):
+        raise ValueError(f"feat_s and feat_t must have the same N, got {tuple(feat_s.shape)} "
+                         f"and {tuple(feat_t.shape)}")
     log_ls_s = log_local_structure(feat_s, edge_index, kernel, sigma, degree, c, N)  # (E,)
     if log_ls_t is None:
         with torch.no_grad():                                 # the teacher is frozen
             log_ls_t = log_local_structure(feat_t, edge_index, kernel, sigma, degree, c, N)
-    elif log_ls_t.shape != log_ls_s.shape:
+    elif check("log_ls_t", log_ls_t, 1).shape != log_ls_s.shape:
         raise ValueError(f"log_ls_t must hold one value per edge, ({log_ls_s.numel()},), got "
                          f"{tuple(log_ls_t.shape)}")
     # 4. Eq. (5): S_i = Σ_j p_ij log(p_ij / q_ij), p = LS^s, q = LS^t (swapped with
@@ -187,9 +210,14 @@ def union_graph(edge_index_s, edge_index_t, num_nodes):
     used only inside the loss: each model still aggregates over its own graph.
     (2, E_s), (2, E_t) over the same N nodes -> (2, E_u) int64, each edge once, sorted by
     centre i, then by source j."""
-    edges = torch.cat([edge_index_s, edge_index_t], dim=1).long()  # (2, E_s + E_t); int64:
-    if edges.numel() and not 0 <= int(edges.min()) <= int(edges.max()) < num_nodes:  # no
-        raise ValueError(f"edge_index refers to nodes outside [0, {num_nodes})")  # overflow
+    for name, ei in (("edge_index_s", edge_index_s), ("edge_index_t", edge_index_t)):
+        if check(name, ei, 2, floating=False).size(0) != 2:
+            raise ValueError(f"{name} must be (2, E), got {tuple(ei.shape)}")
+    number("num_nodes", num_nodes, lambda n: 0 <= n and n * n < 2 ** 63,  # key: no overflow
+           "in [0, 3.03e9): the key i·N + j of an edge is an int64", integer=True)
+    edges = torch.cat([edge_index_s, edge_index_t], dim=1).long()  # (2, E_s + E_t)
+    if edges.numel() and not 0 <= int(edges.min()) <= int(edges.max()) < num_nodes:
+        raise ValueError(f"edge_index refers to nodes outside [0, {num_nodes})")
     key = torch.unique(edges[1] * num_nodes + edges[0])       # (E_u,) sorted: by i, then j
     return torch.stack([key % num_nodes, key // num_nodes])   # (2, E_u)
 
@@ -201,7 +229,8 @@ def neighbour_rank_correlation(feat_s, feat_t, edge_index, min_neighbours=3):
     cannot saturate. Unrelated features score ~0 on a fixed graph, below 0 on the union of
     the models' own kNN graphs (each holds its model's nearest; -0.3 at 64 points, k = 10 and
     20). (N,) float64, NaN for centres with < min_neighbours edges or all distances tied."""
-    N, dst = feat_s.size(0), edge_index[1]
+    N, dst = check("feat_s", feat_s, 2).size(0), edge_index[1]
+    check("feat_t", feat_t, 2)
 
     def ranks(z):  # ranks 1..d_i of ||z_i - z_j||² among i's edges, ties averaged, (E,)
         # log_local_structure with Eq. (4)'s l2 kernel is ||z_i - z_j||² less a constant
@@ -237,7 +266,8 @@ def kd_loss(logits_s, logits_t, T=4.0, multilabel=False):
     multilabel=False: p = softmax(logits / T), averaged over samples. multilabel=True:
     p = sigmoid(logits / T) per label, a Bernoulli KL averaged over samples and labels (for
     PPI's 121 labels, where the paper ran no KD). (N, C), (N, C) -> scalar."""
-    if logits_s.shape != logits_t.shape:
+    number("T", T, lambda v: 0 < v < math.inf, "a finite number > 0")
+    if check("logits_s", logits_s, 2).shape != check("logits_t", logits_t, 2).shape:
         raise ValueError(f"logits_s and logits_t must have the same shape (N, C), got "
                          f"{tuple(logits_s.shape)} and {tuple(logits_t.shape)}")
     s, t = logits_s / T, logits_t.detach() / T
@@ -252,8 +282,8 @@ def kd_loss(logits_s, logits_t, T=4.0, multilabel=False):
 def fitnet_loss(feat_s, feat_t, regressor):
     """FitNets hint (Romero et al., 2015): MSE(regressor(z^s), z^t), the regressor (e.g.
     nn.Linear(F_s, F_t)) trained with the student. (N, F_s), (N, F_t) -> scalar."""
-    pred = regressor(feat_s)                                  # (N, F_t)
-    if pred.shape != feat_t.shape:
+    pred = regressor(check("feat_s", feat_s, 2))              # (N, F_t)
+    if pred.shape != check("feat_t", feat_t, 2).shape:
         raise ValueError(f"regressor(feat_s) must have feat_t's shape {tuple(feat_t.shape)}, "
                          f"got {tuple(pred.shape)}")
     return F.mse_loss(pred, feat_t.detach())
@@ -263,7 +293,8 @@ def at_loss(feat_s, feat_t, batch):
     """Attention transfer (Zagoruyko & Komodakis, 2017) on graphs: a_i = Σ_c |F_ic| per node,
     L2-normalised within each graph or point cloud, MSE between student and teacher.
     feat_s (N, F_s), feat_t (N, F_t), batch (N,) int64 graph or cloud of each node."""
-    if not feat_s.size(0) == feat_t.size(0) == batch.numel():
+    if not (check("feat_s", feat_s, 2).size(0) == check("feat_t", feat_t, 2).size(0)
+            == check("batch", batch, 1, floating=False).numel()):
         raise ValueError(f"feat_s, feat_t and batch must have the same N, got "
                          f"{feat_s.size(0)}, {feat_t.size(0)} and {batch.numel()}")
     G = int(batch.max()) + 1 if batch.numel() else 0
@@ -300,19 +331,20 @@ def hkd_loss(feat_s, feat_t, maps, k=8, tau=0.07, centre=True):
     Args: feat_s (N, F_s), feat_t (N, F_t; no gradient), maps: HolisticMaps(F_s, F_t, d, L);
     k and τ: the HKD authors' code's. Returns a scalar, 2 log N when every pair is alike.
     Raises ValueError for N < k + 1, malformed input, NaN or inf."""
-    N = feat_s.size(0)
-    if feat_s.dim() != 2 or feat_t.dim() != 2 or feat_t.size(0) != N:
-        raise ValueError(f"feat_s and feat_t must be (N, F) with the same N, got "
-                         f"{tuple(feat_s.shape)} and {tuple(feat_t.shape)}")
-    if k < 1 or N < k + 1:
-        raise ValueError(f"HKD's kNN graph needs k >= 1 and at least k + 1 = {k + 1} "
-                         f"instances in a batch, got k = {k} and {N} instances")
-    for z, who in ((feat_s, "student"), (feat_t, "teacher")):
-        if not torch.isfinite(z).all():
-            raise ValueError(f"the {who}'s features contain NaN or inf: has it diverged?")
+    N = check("feat_s", feat_s, 2).size(0)
+    if check("feat_t", feat_t, 2).size(0) != N:
+        raise ValueError(f"feat_s and feat_t must have the same N, got {tuple(feat_s.shape)} "
+                         f"and {tuple(feat_t.shape)}")
+    number("k", k, lambda v: 1 <= v < N, f"in [1, N - 1]: HKD's kNN graph needs k + 1 "
+           f"instances in a batch, here N = {N}", integer=True)
+    number("tau", tau, lambda v: 0 < v < math.inf, "a finite number > 0")
+    widths = (maps.theta_s[0].in_features, maps.theta_t[0].in_features)
+    if widths != (feat_s.size(1), feat_t.size(1)):
+        raise ValueError(f"maps are for features of widths {widths}, got "
+                         f"{(feat_s.size(1), feat_t.size(1))}")
 
     def holistic(feat, thetas):                               # h / ‖h‖ of one model, (N, d)
-        feat = feat.float() if feat.dtype in (torch.float16, torch.bfloat16) else feat
+        feat = feat.to(thetas[0].weight.dtype)                # the maps' (float32 as a rule)
         # 0. NOTE: pooled features after a ReLU-like activation share one direction; then
         #    every f ≈ 1/τ, L_HOL sits at 2 log N and SGD does not leave it: hence centred
         if centre:

@@ -9,17 +9,21 @@ As in DGCNN there is no validation split: the accuracies are the last epoch's.
 B clouds, P points per cloud, F features, k neighbours, C = 40 classes."""
 import itertools
 import os
+import sys
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+try:  # Ctrl-C while torch loads: one line, not a traceback
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
 
-import common
-import data
-import models
-import synthetic
-from common import fail, log
-from lsp_kd import HolisticMaps, at_loss, fitnet_loss, hkd_loss, kd_loss, lsp_loss, union_graph
+    import common
+    import data
+    import models
+    import synthetic
+    from common import fail, log
+    from lsp_kd import HolisticMaps, at_loss, fitnet_loss, hkd_loss, kd_loss, lsp_loss, union_graph
+except KeyboardInterrupt:
+    sys.exit("\ninterrupted")
 
 # The paper's SGD (Sec. 4.2); NOTE: the rest is DGCNN's code's, which the paper builds on
 LR, MOMENTUM, EPOCHS = 0.1, 0.9, 250
@@ -94,7 +98,8 @@ def train_step(student, teacher, pts, labels, args, opt, learned, epoch):
         terms["hkd"] = hkd_loss(pooled, pooled_t, learned["hkd"])
         loss = loss + HKD_WEIGHT * terms["hkd"]
     if not torch.isfinite(loss):
-        fail(f"the student's loss is not finite in epoch {epoch}: try a smaller --lr")
+        fail(f"the student's loss is not finite in epoch {epoch}: try a smaller --lr or "
+             "distillation weight")
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -151,19 +156,22 @@ def get_args(argv):
     args.data = args.data or ("synthetic" if args.dry_run else "modelnet40")
     synth = args.data == "synthetic"
     if args.dry_run:
-        args.epochs = args.teacher_epochs = args.train_per_class = 1
-        args.test_per_class = 1 if synth else args.test_per_class
-        args.num_points = min(args.num_points, 128)
+        args.epochs = args.teacher_epochs = 1
     if synth:  # None: synthetic.py's sizes
         args.train_per_class = 20 if args.train_per_class is None else args.train_per_class
         args.test_per_class = 5 if args.test_per_class is None else args.test_per_class
     common.check_args(p, args, [
-        ("--num-points", args.num_points > 20, "> 20 (the teacher's k)"),
-        ("--train-per-class", args.train_per_class is None or args.train_per_class >= 1, ">= 1"),
-        ("--test-per-class", args.test_per_class is None or synth and args.test_per_class >= 1,
-         ">= 1 with --data synthetic, and left out with real data (its test split is whole)"),
+        ("--num-points", 20 < args.num_points <= (synthetic.RELEASE_POINTS if synth else 1e6),
+         f"> 20 (the teacher's k), and at most {synthetic.RELEASE_POINTS} with synthetic data"),
+        ("--train-per-class", args.train_per_class is None or 1 <= args.train_per_class <= (
+            1000 if synth else 1e9), ">= 1, and at most 1000 with synthetic data"),
+        ("--test-per-class", args.test_per_class is None or synth and 1 <= args.test_per_class
+         <= 1000, "in [1, 1000] with synthetic data, left out with real data (whole test split)"),
         ("--save-epochs", all(1 <= e <= args.epochs for e in args.save_epochs),
          f"epochs in [1, --epochs = {args.epochs}]")])
+    if args.dry_run:
+        args.train_per_class, args.num_points = 1, min(args.num_points, 128)
+        args.test_per_class = 1 if synth else args.test_per_class
     return args
 
 
@@ -171,7 +179,7 @@ def main(argv=None):
     args = get_args(argv)
     if args.summarize:  # a table of finished runs
         import visualize
-        return visualize.summarize(args.summarize, "modelnet", ("acc", "macc"))
+        return visualize.summarize(args.summarize, "modelnet")
     device = common.pick_device(args.device)
     name = (f"synthetic-{args.train_per_class}x{args.test_per_class}" if args.data == "synthetic"
             else f"modelnet40{f'-{args.train_per_class}perclass' if args.train_per_class else ''}")

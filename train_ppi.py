@@ -9,17 +9,21 @@ The teacher is trained when its checkpoint is missing, then reused. Model select
 validation graphs: the test micro-F1 reported is the one at the best-validation epoch.
 N nodes, E edges, F features, C = 121 labels."""
 import os
+import sys
 
-import torch
-import torch.nn.functional as F
+try:  # Ctrl-C while torch loads: one line, not a traceback
+    import torch
+    import torch.nn.functional as F
 
-import common
-import data
-import models
-import synthetic
-from common import fail, log
-from lsp_kd import (HolisticMaps, at_loss, fitnet_loss, hkd_loss, kd_loss, log_local_structure,
-                    lsp_loss)
+    import common
+    import data
+    import models
+    import synthetic
+    from common import fail, log
+    from lsp_kd import (HolisticMaps, at_loss, fitnet_loss, hkd_loss, kd_loss, log_local_structure,
+                        lsp_loss)
+except KeyboardInterrupt:
+    sys.exit("\ninterrupted")
 
 # The paper's fixed settings (Sec. 4.1), and ours where it is silent (NOTE)
 LR, WEIGHT_DECAY, EPOCHS = 0.005, 0.0, 500  # Adam, for the teacher and every student
@@ -80,7 +84,8 @@ def train_step(student, g, out_t, args, opt, learned, epoch):
         terms["hkd"] = hkd_loss(feat_s, out_t["feat"], learned["hkd"])
         loss = loss + HKD_WEIGHT * terms["hkd"]
     if not torch.isfinite(loss):
-        fail(f"the student's loss is not finite in epoch {epoch}: try a smaller --lr")
+        fail(f"the student's loss is not finite in epoch {epoch}: try a smaller --lr or "
+             "distillation weight")
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -165,7 +170,7 @@ def main(argv=None):
     args = get_args(argv)
     if args.summarize:  # a table of finished runs
         import visualize
-        return visualize.summarize(args.summarize, "ppi", ("test_f1",))
+        return visualize.summarize(args.summarize, "ppi")
     device = common.pick_device(args.device)
     name = f"synthetic-scale{args.scale:g}" if args.data == "synthetic" else "ppi"
     run_dir = common.open_run(args, name)

@@ -12,16 +12,20 @@ import json
 import os
 import shlex
 import sys
+import warnings
 
-import numpy as np
-import torch
-from scipy.stats import spearmanr
+try:  # Ctrl-C while torch loads: one line, not a traceback
+    import numpy as np
+    import torch
+    from scipy.stats import spearmanr
 
-import common
-import data
-import models
-import synthetic
-from common import fail
+    import common
+    import data
+    import models
+    import synthetic
+    from common import fail
+except KeyboardInterrupt:
+    sys.exit("\ninterrupted")
 
 try:  # optional: summarize, and so the training scripts, run without it
     import matplotlib
@@ -35,6 +39,8 @@ DPI, CURVES_SIZE = 100, (13.0, 9.0)                                       # inch
 OBJECTS, SEED = 3, 0  # Fig. 4: test clouds of so many classes, drawn (and red points) by seed
 CELL, LABEL, GAP, TOP, BOTTOM, MIN_WIDTH = 1.25, 2.0, 0.25, 1.5, 1.0, 8.0  # Fig. 4, inches
 SCORE = {"ppi": ("test_f1", "test micro-F1"), "modelnet": ("acc", "test accuracy")}
+SUMMARY = {"ppi": ("test_f1",), "modelnet": ("acc", "macc")}  # the scores of --summarize
+METRICS = ("ls_kl", "ls_kl_auto", "rank_corr")  # of the structure (common.structure_metrics)
 PANELS = (("rank_corr", "neighbour rank correlation\nwith the teacher (1: same order)", "linear"),
           ("ls_kl_auto", "KL(LS_s || LS_t), RBF with each\nmodel's median σ (log scale)", "log"),
           ("ls_kl", "KL(LS_s || LS_t), RBF σ = 1,\nEq. (5)-(6) (log scale)", "log"))
@@ -53,25 +59,41 @@ def find_runs(paths):
             try:
                 with open(file) as f:
                     res = json.load(f)
-                if not {"experiment", "method", "args", "structure_by_epoch"} <= set(res):
-                    raise ValueError("not the results of a run of this version")
-            except (OSError, ValueError, TypeError) as e:
-                fail(f"cannot read {file}: {e}")
+                readable(res)
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+                fail(f"cannot read {file}: not the results of a run of this version "
+                     f"({type(e).__name__}: {e})")
             runs.setdefault(os.path.realpath(file), (os.path.dirname(file), res))
     return list(runs.values())
 
 
+def readable(res):
+    """Raise KeyError, TypeError or ValueError unless res holds what summarize and the figures
+    read: its scores and metrics as numbers (null: not measured), at the end and by epoch."""
+    scores = SUMMARY[res["experiment"]]
+    values = [res[k] for k in (*scores, *METRICS, "seed")] + [res["teacher"][k] for k in scores]
+    values += [m[k] for m in res["structure_by_epoch"].values() for k in (scores[0], *METRICS)]
+    for v in values:
+        float("nan" if v is None else v)
+    if not all(isinstance(v, t) for v, t in ((res["method"], str), (res["data"], str),
+                                             (res["args"], dict), (res["teacher"]["file"], str))):
+        raise TypeError("method, data, args or the teacher's file is of another type")
+
+
 def mean_std(values):
-    v = np.array(values, dtype=float)
+    v = np.array([x for x in values if x is not None], dtype=float)  # null: not measured
+    if not len(v):
+        return "n/a"
     return (f"{v.mean():.4f} ± {v.std():.4f}" if abs(v.mean()) >= 1e-3
             else f"{v.mean():.2e} ± {v.std():.1e}")
 
 
-def summarize(out_dir, experiment, scores):
+def summarize(out_dir, experiment):
     """Mean ± std over seeds of the results.json under out_dir, a row per method and setting
     (a method's later settings named by how they differ from its first), the teachers' scores,
     then per row the first score and the structure metrics by epoch."""
-    rows, keys = {}, [*scores, "ls_kl", "ls_kl_auto", "rank_corr"]
+    scores = SUMMARY[experiment]
+    rows, keys = {}, [*scores, *METRICS]
     for run_dir, r in find_runs([out_dir]):
         if r["experiment"] != experiment:
             fail(f"{run_dir} holds a run of {r['experiment']}: summarize it with its own script")
@@ -238,8 +260,11 @@ def draw_panel(ax, methods, key, label, scale):
     for i, (method, runs) in enumerate(methods.items()):
         points = [by_epoch(res) for res in runs]
         epochs = sorted({e for p in points for e in p})
-        values = [[p[e][key] for p in points if e in p] for e in epochs]
-        mean, std = np.array([np.mean(v) for v in values]), np.array([np.std(v) for v in values])
+        values = np.array([[np.nan if p.get(e, {}).get(key) is None else p[e][key]
+                            for p in points] for e in epochs])     # (epochs, seeds), nan: none
+        with warnings.catch_warnings():  # no seed has a value: nan, without a warning
+            warnings.simplefilter("ignore")
+            mean, std = np.nanmean(values, 1), np.nanstd(values, 1)
         colour = plt.cm.tab10(i % 10)  # past 10 methods they repeat, dashed
         ax.plot(epochs, mean, marker="o", ms=4, color=colour, linestyle="-" if i < 10 else "--",
                 label=f"{method} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")

@@ -119,7 +119,9 @@ def test_flags_given_win_over_quick(argv, sizes):
 
 @pytest.mark.parametrize("flags", [["--threads", "0"], ["--repeats", "0"], ["--warmup", "0"],
                                    ["--ppi-nodes", "15"], ["--clouds", "1"], ["--points", "20"],
-                                   ["--only", "cifar"], ["--repeats", "x"]])
+                                   ["--only", "cifar"], ["--repeats", "x"], ["--threads", "-1"],
+                                   ["--ppi-nodes", "1000000000"], ["--points", "10000000"],
+                                   ["--clouds", "100000000"]])  # the last: sizes that cannot fit
 def test_bad_flags_give_one_error_line(flags, capsys):
     with pytest.raises(SystemExit) as e:
         bench.get_args(flags)

@@ -243,8 +243,20 @@ def set_at(row, col, value, dtype=None):
     return edit
 
 
+def drop_graph_links(path):
+    """Every link within the train split's first graph (id 1) gone."""
+    gid, g = np.load(path.parent / "train_graph_id.npy"), json.loads(path.read_text())
+    g["links"] = [e for e in g["links"] if gid[e["source"]] != 1 or gid[e["target"]] != 1]
+    path.write_text(json.dumps(g))
+
+
 N_TRAIN, N_TEST = sum(FAKE_PPI_SIZES["train"]), sum(FAKE_PPI_SIZES["test"])  # 15, 7
-PPI_BAD = {
+PPI_BAD = {  # what a GAT cannot learn from comes last
+    "empty split": ("test_graph_id.npy", edit_npy(lambda a: a[:0]), "holds no node"),
+    "a graph without links": ("train_graph.json", drop_graph_links, "has no link within graph 1"),
+    "every label 0": ("train_labels.npy", edit_npy(lambda a: 0 * a), "holds no label 1"),
+    "huge feature": ("valid_feats.npy", edit_npy(set_at(1, 2, 1e30)),
+                     "holds 1e+30 at row 1, column 2; PPI's features are finite and below 1e+06"),
     "link past the last node": (
         "train_graph.json",
         edit_graph(lambda g: g["links"].append({"source": 0, "target": N_TRAIN + 3})),
@@ -312,7 +324,7 @@ def label_at(cloud, value, dtype=np.uint8):
     return edit
 
 
-OUTSIDE = "holds labels outside 0..39 or points that are not finite"
+OUTSIDE = "holds labels outside 0..39, or coordinates not below 1e+06"
 MODELNET_BAD = {
     "label 40": ("ply_data_train1.h5", edit_h5(label_at(1, 40)), OUTSIDE),
     "label -1": ("ply_data_train0.h5", edit_h5(label_at(2, -1, np.int8)), OUTSIDE),
@@ -331,6 +343,7 @@ MODELNET_BAD = {
                   "cannot be read as the release's 'data' and 'label'"),
     "not HDF5": ("ply_data_test1.h5", write_bytes(b"x" * 99),
                  "cannot be read as the release's 'data' and 'label'"),
+    "huge coordinates": ("ply_data_train1.h5", edit_h5(lambda d, lab: (d * 1e30, lab)), OUTSIDE),
 }
 
 
@@ -342,6 +355,12 @@ def test_modelnet_malformed_file_is_named(tmp_path, case):
     with pytest.raises(data.DataError) as err:
         data.load_modelnet40(tmp_path, url=(tmp_path / "nowhere.zip").as_uri())
     assert str(tmp_path / name) in str(err.value) and says in str(err.value)
+
+
+def test_modelnet_split_without_clouds(tmp_path):
+    write_fake_modelnet(tmp_path, test=(0, 0))
+    with pytest.raises(data.DataError, match="the ply_data_test.*.h5 files in .* hold no cloud"):
+        data.load_modelnet40(tmp_path, url=(tmp_path / "nowhere.zip").as_uri())
 
 
 def test_modelnet_split_without_files(tmp_path):

@@ -3,6 +3,7 @@ that the LSP paper does not have: against a slow loop written here (one instance
 its gradients, numerics and errors. The scripts run it in tests/test_scripts.py."""
 import inspect
 import math
+import numbers
 
 import pytest
 import torch
@@ -159,14 +160,14 @@ def test_hkd_half_precision(dtype):
 def test_hkd_errors(case):
     f_s, f_t, maps = torch.randn(8, 5), torch.randn(8, 7), HolisticMaps(5, 7, 4)
     call, message = {
-        "batch smaller than k + 1": (lambda: hkd_loss(f_s, f_t, maps, k=8), "k + 1 = 9"),
-        "k 0": (lambda: hkd_loss(f_s, f_t, maps, k=0), "k >= 1"),
+        "batch smaller than k + 1": (lambda: hkd_loss(f_s, f_t, maps, k=8), "k must be in"),
+        "k 0": (lambda: hkd_loss(f_s, f_t, maps, k=0), "k must be in"),
         "rows": (lambda: hkd_loss(f_s, f_t[:7], maps, k=3), "same N"),
-        "1-d": (lambda: hkd_loss(f_s[0], f_t[0], maps, k=3), "same N"),
+        "1-d": (lambda: hkd_loss(f_s[0], f_t[0], maps, k=3), "feat_s must be a 2-d"),
         "nan": (lambda: hkd_loss(f_s.index_fill(0, torch.tensor([2]), float("nan")), f_t, maps,
-                                 k=3), "student's features contain NaN"),
+                                 k=3), "feat_s contains NaN"),
         "inf": (lambda: hkd_loss(f_s, f_t.index_fill(0, torch.tensor([2]), float("inf")), maps,
-                                 k=3), "teacher's features contain NaN or inf"),
+                                 k=3), "feat_t contains NaN or inf"),
     }[case]
     with pytest.raises(ValueError, match=message.replace("+", r"\+")):
         call()
@@ -174,10 +175,11 @@ def test_hkd_errors(case):
 
 
 def test_pastes_alone():
-    """The source of hkd_loss and HolisticMaps, run where only torch exists, gives the
-    module's numbers."""
-    namespace = {"torch": torch, "F": torch.nn.functional}
-    exec(inspect.getsource(lsp_kd.HolisticMaps), namespace)
+    """The source of hkd_loss, HolisticMaps, check and number, run where only torch exists,
+    gives the module's numbers."""
+    namespace = {"torch": torch, "F": torch.nn.functional, "math": math, "numbers": numbers}
+    for f in (lsp_kd.check, lsp_kd.number, lsp_kd.HolisticMaps):
+        exec(inspect.getsource(f), namespace)
     exec(inspect.getsource(hkd_loss), namespace)
     f_s, f_t = features(12, 5, 1.0, seed=30), features(12, 7, 1.0, seed=31)
     maps = maps_for(5, 7, 4, 2, seed=32)

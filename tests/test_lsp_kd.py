@@ -5,6 +5,7 @@ the teacher, stability, float64 gradcheck), and the KD / FitNet / AT baselines a
 hand-written formulas."""
 import inspect
 import math
+import numbers
 
 import numpy as np
 import pytest
@@ -376,10 +377,12 @@ def test_lsp_errors():
     with pytest.raises(ValueError) as err:
         local_structure(f_s, edge_index, kernel="gaussian")
     assert all(name in str(err.value) for name in KERNELS)
-    for sigma in (0.0, -1.0, float("nan"), "1", "median"):  # not a silent NaN, nor a TypeError
-        with pytest.raises(ValueError, match="sigma must be a number > 0 or 'auto'"):
+    for sigma in (0.0, -1.0, float("nan"), float("inf"), 1e-16, 1e16):  # not a silent NaN
+        with pytest.raises(ValueError, match=r"sigma must be in \[1e-15, 1e15\], or 'auto'"):
             lsp_loss(f_s, f_t, edge_index, sigma=sigma)
-    assert lsp_loss(f_s, f_t, edge_index, sigma=torch.tensor(2.0)) >= 0  # a tensor σ is fine
+    for sigma in ("1", "median", torch.tensor(2.0), None, True):
+        with pytest.raises(TypeError, match="sigma must be a number"):
+            lsp_loss(f_s, f_t, edge_index, sigma=sigma)
 
 
 N_ERR = 6                                                 # nodes of the error cases
@@ -425,9 +428,9 @@ def test_graph_errors_are_value_errors(case):
 def test_non_finite_features_raise(who, value):
     f_s, f_t = F_S.clone(), F_T.clone()
     (f_s if who == "student" else f_t)[3, 1] = value
-    with pytest.raises(ValueError, match=f"the {who}'s features contain NaN or inf"):
+    with pytest.raises(ValueError, match=f"feat_{who[0]} contains NaN or inf"):
         lsp_loss(f_s, f_t, GOOD)
-    with pytest.raises(ValueError, match="NaN or inf"):
+    with pytest.raises(ValueError, match="feat contains NaN or inf"):
         log_local_structure(f_s if who == "student" else f_t, GOOD)
 
 
@@ -435,7 +438,7 @@ def test_non_finite_student_raises_with_a_cached_teacher():
     f_s = F_S.clone()
     f_s[0, 0] = float("nan")
     log_ls_t = log_local_structure(F_T, GOOD, "rbf")
-    with pytest.raises(ValueError, match="the student's features contain NaN or inf"):
+    with pytest.raises(ValueError, match="feat_s contains NaN or inf"):
         lsp_loss(f_s, None, GOOD, log_ls_t=log_ls_t)
     assert torch.isfinite(lsp_loss(F_S, None, GOOD, log_ls_t=log_ls_t))
 
@@ -651,11 +654,13 @@ def random_graph(N, E, seed):
 
 
 def test_lsp_loss_pastes_alone():
-    """The source of log_local_structure, lsp_loss, pair_blocks and PairTerms, run where only
-    torch exists (and the constants they read), gives the module's numbers and gradients."""
+    """The source of check, number, log_local_structure, lsp_loss, pair_blocks and PairTerms,
+    run where only torch exists (and the constants they read), gives the module's numbers and
+    gradients."""
     namespace = {"torch": torch, "F": torch.nn.functional, "BLOCK": lsp_kd.BLOCK,
-                 "KERNELS": KERNELS, "finite": lsp_kd.finite}
-    for f in (log_local_structure, lsp_loss, lsp_kd.pair_blocks, lsp_kd.PairTerms):
+                 "KERNELS": KERNELS, "math": math, "numbers": numbers}
+    for f in (lsp_kd.check, lsp_kd.number, log_local_structure, lsp_loss, lsp_kd.pair_blocks,
+              lsp_kd.PairTerms):
         exec(inspect.getsource(f), namespace)
     pasted = namespace["lsp_loss"]
     edge_index = random_graph(30, 120, seed=5)
@@ -802,3 +807,74 @@ def test_rank_correlation_of_unrelated_features_on_a_union_of_knn_graphs():
     edge_index = union_graph(knn_graph(f_s, 10), knn_graph(f_t, 20), 16 * 64)
     rho = neighbour_rank_correlation(f_s.view(-1, 32), f_t.view(-1, 64), edge_index)
     assert -0.4 < rho.nanmean().item() < -0.25
+
+
+# ----------------------------------------------------------------------------------------
+# Bad calls: a TypeError or ValueError that names the argument, never NaN
+
+def bad_calls():
+    """{case: (call, error, what it says)} for every function of lsp_kd."""
+    f_s, f_t, e, maps = F_S, F_T, GOOD, lsp_kd.HolisticMaps(4, 5, 8)
+    return {
+        "numpy features": (lambda: lsp_loss(f_s.numpy(), f_t, e), TypeError, "feat_s must be a torch"),
+        "feat_t None": (lambda: lsp_loss(f_s, None, e), TypeError, "feat_t must be a torch"),
+        "complex features": (lambda: lsp_loss(f_s.to(torch.complex64), f_t, e), ValueError,
+                             "feat_s must be a 2-d real floating-point"),
+        "integer features": (lambda: log_local_structure(f_s.long(), e), ValueError, "feat must"),
+        "numpy edge_index": (lambda: lsp_loss(f_s, f_t, e.numpy()), TypeError, "edge_index must"),
+        "num_nodes 6.0": (lambda: lsp_loss(f_s, f_t, e, num_nodes=6.0), TypeError, "num_nodes must be an int"),
+        "log_ls_t a list": (lambda: lsp_loss(f_s, None, e, log_ls_t=[0.0] * 3), TypeError, "log_ls_t must"),
+        "poly degree 0.5": (lambda: lsp_loss(f_s, f_t, e, "poly", degree=0.5), TypeError, "degree must be an int"),
+        "poly degree -1": (lambda: lsp_loss(f_s, f_t, e, "poly", degree=-1), ValueError, "degree must be >= 1"),
+        "poly c nan": (lambda: lsp_loss(f_s, f_t, e, "poly", c=float("nan")), ValueError, "c must be finite"),
+        "poly degree 1e5": (lambda: lsp_loss(f_s * 10, f_t * 10, e, "poly", degree=10 ** 5), ValueError,
+                            r"SIM \(poly\) overflows"),
+        "union num_nodes 2^32": (lambda: union_graph(e + 2 ** 32, e, 2 ** 32 + 6), ValueError,
+                                 "num_nodes must be in"),
+        "union num_nodes 2^40": (lambda: union_graph(e, e + 2 ** 40, 2 ** 40 + 6), ValueError,
+                                 "num_nodes must be in"),
+        "union 1-d": (lambda: union_graph(e[0], e, 6), ValueError, "edge_index_s must be a 2-d"),
+        "union float N": (lambda: union_graph(e, e, 6.0), TypeError, "num_nodes must be an int"),
+        "kd T inf": (lambda: kd_loss(f_s, f_s + 1, T=float("inf")), ValueError, "T must be a finite"),
+        "kd T 0": (lambda: kd_loss(f_s, f_s + 1, T=0), ValueError, "T must be a finite"),
+        "kd numpy": (lambda: kd_loss(f_s.numpy(), f_s), TypeError, "logits_s must be a torch"),
+        "at float batch": (lambda: at_loss(f_s, f_t, torch.zeros(N_ERR)), ValueError, "batch must"),
+        "fitnet numpy": (lambda: fitnet_loss(f_s.numpy(), f_t, torch.nn.Linear(4, 5)), TypeError,
+                         "feat_s must be a torch"),
+        "hkd tau 0": (lambda: lsp_kd.hkd_loss(f_s, f_t, maps, k=2, tau=0), ValueError, "tau must"),
+        "hkd tau inf": (lambda: lsp_kd.hkd_loss(f_s, f_t, maps, k=2, tau=math.inf), ValueError, "tau must"),
+        "hkd k 4.5": (lambda: lsp_kd.hkd_loss(f_s, f_t, maps, k=4.5), TypeError, "k must be an int"),
+        "hkd maps' widths": (lambda: lsp_kd.hkd_loss(f_s, f_t, lsp_kd.HolisticMaps(3, 5, 8), k=2),
+                             ValueError, r"maps are for features of widths \(3, 5\)"),
+        "rank correlation numpy": (lambda: neighbour_rank_correlation(f_s.numpy(), f_t, e), TypeError,
+                                   "feat_s must be a torch")}
+
+
+@pytest.mark.parametrize("case", bad_calls())
+def test_bad_calls_name_the_argument(case):
+    call, error, message = bad_calls()[case]
+    with pytest.raises(error, match=message):
+        call()
+
+
+@pytest.mark.parametrize("scale", [1e19, 1e30])
+@pytest.mark.parametrize("kernel,sigma", [("rbf", "auto"), ("l2", 1.0), ("linear", 1.0),
+                                          ("poly", 1.0), ("rbf", 1.0), ("l1_official", 1.0)])
+def test_huge_features_refused_or_finite(kernel, sigma, scale):
+    """Finite features so large that SIM overflows float32 are refused; where SIM saturates
+    instead (RBF σ = 1, L1: exp(-huge) = 0) the loss and its gradient are finite."""
+    f_s, f_t = (F_S * scale).requires_grad_(), F_T * scale
+    if kernel in ("rbf", "l1_official") and sigma != "auto":
+        loss = lsp_loss(f_s, f_t, GOOD, kernel, sigma)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(f_s.grad).all()
+    else:
+        with pytest.raises(ValueError, match=f"SIM \\({kernel}\\) overflows torch.float32"):
+            lsp_loss(f_s, f_t, GOOD, kernel, sigma)
+    assert lsp_loss(f_s.double(), f_t.double(), GOOD, kernel, sigma).isfinite()  # float64 can
+
+
+def test_hkd_takes_the_maps_dtype():
+    maps = lsp_kd.HolisticMaps(4, 5, 8)
+    want = lsp_kd.hkd_loss(F_S, F_T, maps, k=2)
+    assert lsp_kd.hkd_loss(F_S.double(), F_T.double(), maps, k=2).item() == want.item()

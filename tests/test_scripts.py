@@ -9,6 +9,8 @@ import itertools
 import json
 import os
 import pickle
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -25,6 +27,7 @@ import train_ppi
 from test_data import need_real, write_fake_modelnet
 
 SCRIPTS = {"ppi": train_ppi, "modelnet": train_modelnet}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
@@ -263,7 +266,7 @@ def test_a_dry_run_on_the_real_modelnet40_bears_its_name(capsys):
 
 @pytest.mark.parametrize("script, flags, says", [
     ("ppi", ["--epochs", "0"], "--epochs must be >= 1"),
-    ("ppi", ["--lr", "0"], "--lr must be a finite number > 0"),
+    ("ppi", ["--lr", "0"], "--lr must be in (0, 100]"),
     ("ppi", ["--lr", "nan"], "--lr must be"),
     ("ppi", ["--lsp", "--lsp-weight", "-1"], "--lsp-weight must be"),
     ("ppi", ["--lsp", "--sigma", "0"], "--sigma must be"),
@@ -280,12 +283,87 @@ def test_a_dry_run_on_the_real_modelnet40_bears_its_name(capsys):
     ("modelnet", ["--save-epochs", "2"], "--save-epochs must be epochs in [1, --epochs = 1]"),
     ("modelnet", ["--official"], "unrecognized arguments: --official"),
     ("modelnet", ["--data", "modelnet40", "--test-per-class", "3"],
-     "--test-per-class must be >= 1 with --data synthetic, and left out with real data"),
+     "--test-per-class must be in [1, 1000] with synthetic data, left out with real data"),
+    ("ppi", ["--lr", "1e38"], "--lr must be in (0, 100]"),                # odd values
+    ("ppi", ["--lsp", "--lsp-weight", "1e38"], "--lsp-weight must be in [0, 1e6]"),
+    ("modelnet", ["--lsp", "--sigma", "1e-30"], "--sigma must be in [1e-15, 1e15], or auto"),
+    ("modelnet", ["--train-per-class", "100000000"],                     # sizes that cannot fit
+     "--train-per-class must be >= 1, and at most 1000 with synthetic data"),
+    ("modelnet", ["--num-points", "1000000000"], "at most 2048 with synthetic data"),
 ])
 def test_bad_flags_end_in_one_error_line(script, flags, says, capsys):
     err = error_line(capsys, lambda: SCRIPTS[script].main(["--dry-run", *flags]), status=2)
     assert says in err
     assert not os.path.exists("runs")                          # refused before any run
+
+
+@pytest.mark.parametrize("error", [MemoryError("Unable to allocate 30 GiB"), RuntimeError(
+    "[enforce fail] DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")])
+def test_a_failed_allocation_ends_in_one_error_line(error, capsys):
+    def main():
+        raise error
+    assert "out of memory" in error_line(capsys, lambda: common.main_guard(main))
+    with pytest.raises(RuntimeError, match="a bug"):                   # other errors stay
+        common.main_guard(lambda: (_ for _ in ()).throw(RuntimeError("a bug")))
+
+
+def test_a_second_ctrl_c_while_exiting_is_ignored(monkeypatch, capsys):
+    def interrupt():
+        raise KeyboardInterrupt
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):
+            common.main_guard(interrupt)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
+@pytest.mark.parametrize("script", ["train_ppi.py", "train_modelnet.py", "bench.py",
+                                    "visualize.py"])
+def test_ctrl_c_while_torch_loads_is_one_line(script):
+    """Ctrl-C while the script imports (made here by an import of torch that raises it)."""
+    code = ("import builtins, runpy, sys; real = builtins.__import__\n"
+            "def fake(name, *a, **k):\n"
+            "    if name == 'torch' or name == 'numpy': raise KeyboardInterrupt\n"
+            "    return real(name, *a, **k)\n"
+            f"builtins.__import__ = fake; sys.argv = ['{script}']\n"
+            f"runpy.run_path({os.path.join(ROOT, script)!r}, run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode != 0 and out.stderr.strip() == "interrupted", out.stderr
+
+
+def test_a_long_teacher_file_name_is_refused_before_training(capsys):
+    err = error_line(capsys, lambda: train_ppi.main(["--dry-run", "--teacher-ckpt",
+                                                     "t" * 250 + ".pt"]))
+    assert "the file name is 253 characters long; at most 240" in err
+    assert not glob.glob("runs/**/*.pt", recursive=True)                   # nothing trained
+
+
+def test_a_killed_save_leaves_no_temp_file_behind():
+    """A save's temp file whose process is gone is removed by the next save of that file;
+    a live process's (this one's parent) is left alone."""
+    for pid in (2 ** 22 + 12345, os.getppid()):                             # gone; alive
+        with open(f"r.json.tmp{pid}", "w") as f:
+            f.write("{")
+    common.save({"a": 1}, "r.json")
+    assert sorted(glob.glob("r.json*")) == ["r.json", f"r.json.tmp{os.getppid()}"]
+
+
+def test_nan_is_written_as_null(capsys):
+    common.save({"rank_corr": float("nan"), "by_epoch": {"1": [1.0, float("inf")]}}, "r.json")
+    with open("r.json") as f:
+        assert json.load(f) == {"rank_corr": None, "by_epoch": {"1": [1.0, None]}}
+
+
+def test_a_student_run_under_another_lr_starts_anew(capsys):
+    for lr in ("0.005", "0.01"):                     # the second: not a resume of the first
+        train_ppi.main(["--dry-run", "--teacher-ckpt", "t.pt", "--out-dir", "a", "--lr", lr])
+    lrs = []
+    for path in glob.glob("a/*/results.json"):                              # two run folders
+        with open(path) as f:
+            lrs.append(json.load(f)["args"]["lr"])
+    assert sorted(lrs) == [0.005, 0.01] and "resuming" not in capsys.readouterr().out
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")
@@ -308,13 +386,21 @@ def test_broken_data_ends_in_one_error_line(script, folder, release, capsys):
     assert not glob.glob("runs/**/results.json", recursive=True)
 
 
-def test_a_diverged_student_ends_in_one_error_line(capsys):
-    err = error_line(capsys, lambda: train_ppi.main(["--dry-run", "--lr", "1e30"]))
+def test_a_diverged_student_ends_in_one_error_line(capsys, monkeypatch):
+    def diverge(opt, *args):                                  # every weight becomes inf
+        for group in opt.param_groups:
+            for p in group["params"]:
+                p.data.fill_(float("inf"))
+    run("ppi", "--dry-run", "--teacher-ckpt", "t.pt")          # the teacher, trained well
+    monkeypatch.setattr(torch.optim.Adam, "step", diverge)
+    err = error_line(capsys, lambda: train_ppi.main(["--dry-run", "--teacher-ckpt", "t.pt",
+                                                     "--seed", "1"]))
+    assert "the student's" in err
     assert "diverged" in err
-    (log,) = glob.glob("runs/ppi/*/log.txt")
+    (log,) = glob.glob("runs/ppi/*seed1*/log.txt")
     with open(log) as f:
         assert f.read().splitlines()[-1].endswith(err)       # also the log's last line
-    assert not glob.glob("runs/**/results.json", recursive=True)
+    assert len(glob.glob("runs/**/results.json", recursive=True)) == 1  # the first run's
 
 
 def test_ctrl_c_ends_in_one_line_and_status_130(monkeypatch, capsys):

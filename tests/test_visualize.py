@@ -104,10 +104,61 @@ def test_summarize_each_method_and_seed(work, capsys):
 def test_summarize_refuses_in_one_line(work, tmp_path, capsys, case, message):
     folder = work / "runs" / "modelnet" if case == "other experiment" else tmp_path
     with pytest.raises(SystemExit) as e:
-        visualize.summarize(str(folder), "ppi", ("test_f1",))
+        visualize.summarize(str(folder), "ppi")
     assert str(e.value.code).startswith("error: ") and "\n" not in str(e.value.code)
     assert message in str(e.value.code)
     assert capsys.readouterr().out == ""
+
+
+def malformed(work, folder, case):
+    """A copy of a PPI run whose results.json is made malformed: -> its folder."""
+    run = next((work / "runs" / "ppi").iterdir())
+    res = json.loads((run / "results.json").read_text())
+    edits = {"a list": lambda: [], "no method": lambda: res.pop("method"),
+             "older version": lambda: res.pop("structure_by_epoch"),
+             "a text score": lambda: res.update(test_f1="high"),
+             "no teacher file": lambda: res["teacher"].pop("file"),
+             "an epoch without rank_corr": lambda: next(iter(
+                 res["structure_by_epoch"].values())).pop("rank_corr")}
+    edited = edits[case]()
+    (folder / "run").mkdir(parents=True)
+    (folder / "run" / "results.json").write_text(json.dumps(edited if case == "a list" else res))
+    return folder
+
+
+MALFORMED = ["a list", "no method", "older version", "a text score", "no teacher file",
+             "an epoch without rank_corr"]
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+@pytest.mark.parametrize("tool", ["summarize", "curves"])
+def test_malformed_results_are_refused_before_any_output(work, tmp_path, capsys, tool, case):
+    folder = str(malformed(work, tmp_path, case))
+    with pytest.raises(SystemExit) as e:
+        if tool == "summarize":
+            train_ppi.main(["--summarize", folder])
+        else:
+            visualize.main(["curves", folder, "--out", str(tmp_path / "figures")])
+    assert str(e.value.code).startswith("error: cannot read ") and "\n" not in str(e.value.code)
+    assert "not the results of a run of this version" in str(e.value.code)
+    assert capsys.readouterr().out == "" and not (tmp_path / "figures").exists()
+
+
+def test_null_metrics_are_shown_as_not_available(work, tmp_path, capsys):
+    run = shutil.copytree(next((work / "runs" / "ppi").iterdir()), tmp_path / "run")
+    res = json.loads((run / "results.json").read_text())
+    res["rank_corr"] = None                                     # NaN, as save writes it
+    (run / "results.json").write_text(json.dumps(res))
+    train_ppi.main(["--summarize", str(tmp_path)])
+    assert " n/a " in capsys.readouterr().out
+
+
+def test_out_an_existing_file_is_one_line(work, tmp_path):
+    pytest.importorskip("matplotlib")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        visualize.main(["curves", str(work / "runs"), "--out", str(tmp_path / "file")])
+    assert str(e.value.code).startswith("error: cannot write ") and "\n" not in str(e.value.code)
 
 
 @pytest.mark.parametrize("case, message", [
