@@ -24,10 +24,6 @@ import lsp_kd
 SAVE_EVERY = 5                              # epochs between checkpoints
 STRUCTURE_EPOCHS = (1, 5, 10, 20, 50, 100)  # Fig. 4's epochs: the structure after each
 PROGRESS_EVERY = 60                         # seconds between progress lines in a log file
-# RBF values lie in [0, 1], so within a neighbourhood LS_ij differ by a factor e at most: a
-# strong structure holds ~0.1 nats (KL from uniform, degree 14). Below 1e-4 nats the LS_i^t
-# are within ~1.5% of uniform: L_LSP is ~1e-4 of what the kernel allows, the term inert.
-UNIFORM_KL = 1e-4
 LOG = {"file": None, "tag": ""}             # the open log.txt of the current run
 
 
@@ -334,44 +330,5 @@ def progress(batches, total, what):
             print("\r\033[K", end="", flush=True)
 
 
-# Structure: how much the teacher offers, how close the student comes (Fig. 1, Fig. 4) -----
-@torch.no_grad()
-def structure_metrics(triples):
-    """How close the student's structure is to the teacher's over [(feat_s, feat_t,
-    edge_index)]: ls_kl, L_LSP of Eq. (5)-(6) with RBF σ = 1 (Fig. 1's quantity); ls_kl_auto,
-    the same with each model's median σ; rank_corr, neighbour_rank_correlation's mean."""
-    try:
-        kl = [lsp_kd.lsp_loss(*t).item() for t in triples]
-        kl_auto = [lsp_kd.lsp_loss(*t, sigma="auto").item() for t in triples]
-    except ValueError as e:  # features not finite, or too large for the kernel
-        fail(f"the student's structure cannot be measured ({e}): it diverged; try a smaller "
-             "--lr or distillation weight")
-    rho = torch.cat([lsp_kd.neighbour_rank_correlation(*t).cpu() for t in triples])
-    return {"ls_kl": float(np.mean(kl)), "ls_kl_auto": float(np.mean(kl_auto)),
-            "rank_corr": float(rho.nanmean())}
-
-
 def log_structure(when, metrics):
     log(f"{when}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-
-
-@torch.no_grad()
-def teacher_structure(args, samples):
-    """The mean over centres of KL(LS_i^t || uniform) over [(feat_t, edge_index)] and the
-    edges j ≠ i: lsp_loss, teacher first, against a student of equal features (uniform LS_i).
-    Warns below UNIFORM_KL; the run goes on, a faithful reproduction must stay possible."""
-    total, nodes = 0.0, 0
-    for feat, ei in samples:
-        ei = ei[:, ei[0] != ei[1]]                            # (2, E')
-        feat = feat.double()  # a near-uniform structure's KL is below float32's resolution
-        kl = lsp_kd.lsp_loss(feat[:, :1] * 0, feat, ei, args.kernel, args.sigma,
-                             teacher_first=True)              # KL(LS^t || uniform)
-        total, nodes = total + kl.item() * feat.size(0), nodes + feat.size(0)
-    kl = total / nodes
-    log(f"the teacher's local structure ({args.kernel}, σ = {args.sigma}): KL from uniform "
-        f"{kl:.3e} nats per node")
-    if kl < UNIFORM_KL:
-        log(f"the teacher's local structures are practically uniform (KL from uniform "
-            f"{kl:.1e} < {UNIFORM_KL:g}): L_LSP and its gradient vanish and the student "
-            "trains as Student_Full; try --sigma auto", warning=True)
-    return kl

@@ -222,44 +222,6 @@ def union_graph(edge_index_s, edge_index_t, num_nodes):
     return torch.stack([key % num_nodes, key // num_nodes])   # (2, E_u)
 
 
-@torch.no_grad()
-def neighbour_rank_correlation(feat_s, feat_t, edge_index, min_neighbours=3):
-    """Per centre i, the Spearman correlation between the student's and the teacher's
-    distances ||z_i - z_j|| to i's neighbours j (1: the same order); it needs no kernel and
-    cannot saturate. Unrelated features score ~0 on a fixed graph, below 0 on the union of
-    the models' own kNN graphs (each holds its model's nearest; -0.3 at 64 points, k = 10 and
-    20). (N,) float64, NaN for centres with < min_neighbours edges or all distances tied."""
-    N, dst = check("feat_s", feat_s, 2).size(0), edge_index[1]
-    check("feat_t", feat_t, 2)
-
-    def ranks(z):  # ranks 1..d_i of ||z_i - z_j||² among i's edges, ties averaged, (E,)
-        # log_local_structure with Eq. (4)'s l2 kernel is ||z_i - z_j||² less a constant
-        # per centre: the same order; in float64, ties stay ties
-        v = log_local_structure(z.double(), edge_index, "l2")
-        order = torch.argsort(v, stable=True)
-        order = order[torch.argsort(dst[order], stable=True)]  # by centre, then by value
-        _, run, n_run = torch.unique_consecutive(torch.stack([dst[order].double(), v[order]]),
-                                                 dim=1, return_inverse=True, return_counts=True)
-        n_i = torch.zeros(N, dtype=torch.long, device=v.device).index_add_(
-            0, dst, torch.ones_like(dst))                     # (N,) edges per centre
-        first = (n_i.cumsum(0) - n_i)[dst[order]]             # position of i's first edge
-        out = torch.empty_like(v)
-        n_run = n_run.double()                                # edges per run of ties
-        out[order] = (n_run.cumsum(0) - (n_run - 1) / 2)[run] - first  # their mean rank
-        return out
-
-    def per_centre(x):                                        # Σ over i's edges, (N,)
-        return torch.zeros(N, dtype=torch.float64, device=x.device).index_add_(0, dst, x)
-
-    r_s, r_t = ranks(feat_s), ranks(feat_t)
-    deg = per_centre(torch.ones_like(r_s))
-    c_s = r_s - (per_centre(r_s) / deg.clamp_min(1))[dst]     # centred ranks, (E,)
-    c_t = r_t - (per_centre(r_t) / deg.clamp_min(1))[dst]
-    var = per_centre(c_s * c_s) * per_centre(c_t * c_t)       # (N,)
-    rho = per_centre(c_s * c_t) / var.sqrt()
-    return torch.where((deg >= min_neighbours) & (var > 0), rho, float("nan"))
-
-
 # Baselines of Sec. 4.1 -------------------------------------------------------------------
 def kd_loss(logits_s, logits_t, T=4.0, multilabel=False):
     """Knowledge distillation (Hinton et al., 2015): KL(p_t || p_s) at temperature T, × T².

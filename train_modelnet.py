@@ -9,7 +9,6 @@ As in DGCNN there is no validation split: the accuracies are the last epoch's.
 B clouds, P points per cloud, F features, k neighbours, C = 40 classes."""
 import itertools
 import os
-import sys
 
 try:  # Ctrl-C while torch loads: one line, not a traceback
     import numpy as np
@@ -19,11 +18,12 @@ try:  # Ctrl-C while torch loads: one line, not a traceback
     import common
     import data
     import models
+    import structure
     import synthetic
     from common import fail, log
     from lsp_kd import HolisticMaps, at_loss, fitnet_loss, hkd_loss, kd_loss, lsp_loss, union_graph
 except KeyboardInterrupt:
-    sys.exit("\ninterrupted")
+    raise SystemExit("\ninterrupted") from None
 
 # The paper's SGD (Sec. 4.2); NOTE: the rest is DGCNN's code's, which the paper builds on
 LR, MOMENTUM, EPOCHS = 0.1, 0.9, 250
@@ -32,17 +32,15 @@ BATCH_SIZE, TEST_BATCH = 32, 16  # clouds per training step, per test batch
 TEACHER_SEED = 1          # DGCNN's seed
 LAYER = -1                # NOTE: unsaid in the paper: LSP on the last EdgeConv, the last on a graph
 KD_ALPHA, KD_T = 0.1, 4.0  # the paper's α; NOTE: it gives no T, 4 is a usual one
-AT_WEIGHT, FITNET_WEIGHT = 1000.0, 1.0  # NOTE: not in the paper (see train_ppi.py)
-HKD_WEIGHT = 0.1          # NOTE: not in the HKD slides (see train_ppi.py)
+AT_WEIGHT, FITNET_WEIGHT, HKD_WEIGHT = 1000.0, 1.0, 0.1  # NOTE: not in the papers (train_ppi.py)
 PROBE_BATCHES = 4         # training batches on which the teacher's structure is measured
 STRUCTURE_BATCHES = 16    # test batches on which the student's is (a rank correlation is slow)
 
 
 def accuracy(pred, labels):
     """Overall accuracy, and mAcc over the classes in labels (NOTE: the paper's over all 40)."""
-    per_class = [(pred[labels == c] == c).sum().item() / (labels == c).sum().item()
-                 for c in labels.unique().tolist()]
-    return (pred == labels).sum().item() / len(labels), float(np.mean(per_class))
+    per_class = [(pred[labels == c] == c).double().mean().item() for c in labels.unique()]
+    return (pred == labels).double().mean().item(), float(np.mean(per_class))
 
 
 def test_batches(ds, args, split="test", count=None):
@@ -201,7 +199,6 @@ def main(argv=None):
         fail(f"{len(ds['train_labels'])} training clouds, fewer than a batch ({BATCH_SIZE})")
     log(f"data {name}: train {len(ds['train_labels'])} clouds (of {N}), test "
         f"{len(ds['test_labels'])}; {args.num_points} of each cloud's {P} points | {device}")
-
     # the teacher: trained once with DGCNN's settings, then reused
     config = {"experiment": "modelnet", "model": "dgcnn_teacher", "epochs": args.teacher_epochs,
               "seed": TEACHER_SEED, "recipe": [LR, LR_MIN, MOMENTUM, WEIGHT_DECAY, SMOOTHING,
@@ -215,10 +212,9 @@ def main(argv=None):
                   "teacher")
     teacher.eval().requires_grad_(False)
     log(f"teacher from {path}: {fit_t['epoch'] + 1} epochs, the last one's weights")
-    structure_t = None if not args.lsp else common.teacher_structure(  # over its own graphs
+    structure_t = None if not args.lsp else structure.teacher_structure(  # over its own graphs
         args, [teacher.edge_features(pts.to(device))[LAYER]
                for pts, _ in test_batches(ds, args, "train", PROBE_BATCHES)])
-
     # the student (Table 4, or a Table 6 variant)
     torch.manual_seed(args.seed)
     student = models.dgcnn_student(args.variant).to(device)
@@ -226,13 +222,13 @@ def main(argv=None):
         f"{teacher.k}), student {models.num_params(student):,} (k = {student.k})")
 
     @torch.no_grad()
-    def structure():  # over the union graph, on the first STRUCTURE_BATCHES; acc on all
+    def measure():  # over the union graph, on the first STRUCTURE_BATCHES; acc on all
         student.eval()
-        pairs = [[m.edge_features(pts.to(device))[LAYER] for m in (student, teacher)]
-                 for pts, _ in test_batches(ds, args, count=STRUCTURE_BATCHES)]
-        triples = [(f_s, f_t, union_graph(ei_s, ei_t, len(f_s)))
-                   for (f_s, ei_s), (f_t, ei_t) in pairs]
-        return {**common.structure_metrics(triples), "acc": evaluate(student, ds, args, device)[0]}
+        triples = [(f_s, f_t, union_graph(ei_s, ei_t, len(f_s))) for (f_s, ei_s), (f_t, ei_t) in (
+            [m.edge_features(pts.to(device))[LAYER] for m in (student, teacher)]
+            for pts, _ in test_batches(ds, args, count=STRUCTURE_BATCHES))]
+        return {**structure.structure_metrics(triples),
+                "acc": evaluate(student, ds, args, device)[0]}
 
     def snapshot(epoch):
         if epoch in args.save_epochs:
@@ -241,8 +237,8 @@ def main(argv=None):
 
     config_s = {"teacher": common.digest(*teacher.state_dict().values())}
     fit = train(student, ds, args, args.epochs, args.seed, os.path.join(run_dir, "ckpt.pt"),
-                config_s, "student", teacher, structure, snapshot)
-    end = structure()
+                config_s, "student", teacher, measure, snapshot)
+    end = measure()
     (acc, macc), (t_acc, t_macc) = (evaluate(m, ds, args, device) for m in (student, teacher))
     log(f"last epoch: test acc {acc:.4f}, mean class acc {macc:.4f}; teacher {t_acc:.4f} / "
         f"{t_macc:.4f}")

@@ -9,7 +9,6 @@ The teacher is trained when its checkpoint is missing, then reused. Model select
 validation graphs: the test micro-F1 reported is the one at the best-validation epoch.
 N nodes, E edges, F features, C = 121 labels."""
 import os
-import sys
 
 try:  # Ctrl-C while torch loads: one line, not a traceback
     import torch
@@ -18,12 +17,13 @@ try:  # Ctrl-C while torch loads: one line, not a traceback
     import common
     import data
     import models
+    import structure
     import synthetic
     from common import fail, log
     from lsp_kd import (HolisticMaps, at_loss, fitnet_loss, hkd_loss, kd_loss, log_local_structure,
                         lsp_loss)
 except KeyboardInterrupt:
-    sys.exit("\ninterrupted")
+    raise SystemExit("\ninterrupted") from None
 
 # The paper's fixed settings (Sec. 4.1), and ours where it is silent (NOTE)
 LR, WEIGHT_DECAY, EPOCHS = 0.005, 0.0, 500  # Adam, for the teacher and every student
@@ -196,7 +196,7 @@ def main(argv=None):
     teacher.eval().requires_grad_(False)
     log(f"teacher from {path}: best val f1 {fit_t['best_val']:.4f} at epoch {fit_t['epoch']}")
     outs_t = {s: teacher_outputs(teacher, ds[s], args) for s in ("train", "test")}
-    structure_t = None if not args.lsp else common.teacher_structure(  # what LSP can learn
+    structure_t = None if not args.lsp else structure.teacher_structure(  # what LSP can learn
         args, [(o["feat"], g.edge_index) for g, o in zip(ds["train"], outs_t["train"])])
 
     # the student (Table 2)
@@ -206,16 +206,16 @@ def main(argv=None):
         f"{models.num_params(student):,}")
 
     @torch.no_grad()
-    def structure():  # on the test graphs: the student against the teacher (Fig. 1)
+    def measure():  # on the test graphs: the student against the teacher (Fig. 1)
         student.eval()
         triples = [(student(g.x, g.edge_index, return_feats=True)[0][args.layer_s],
                     o["feat"], g.edge_index) for g, o in zip(ds["test"], outs_t["test"])]
-        return {**common.structure_metrics(triples), "test_f1": evaluate(student, ds["test"])}
+        return {**structure.structure_metrics(triples), "test_f1": evaluate(student, ds["test"])}
 
     config_s = {"teacher": common.digest(*teacher.state_dict().values())}
     fit = train(student, ds, args, args.epochs, args.seed, os.path.join(run_dir, "ckpt.pt"),
-                config_s, "student", outs_t["train"], structure)
-    end = structure()
+                config_s, "student", outs_t["train"], measure)
+    end = measure()
     teacher_f1 = evaluate(teacher, ds["test"])
     log(f"test micro-F1 {end['test_f1']:.4f} at the best-validation epoch {fit['epoch']} (val "
         f"f1 {fit['best_val']:.4f}); teacher test micro-F1 {teacher_f1:.4f}")

@@ -40,7 +40,7 @@ OBJECTS, SEED = 3, 0  # Fig. 4: test clouds of so many classes, drawn (and red p
 CELL, LABEL, GAP, TOP, BOTTOM, MIN_WIDTH = 1.25, 2.0, 0.25, 1.5, 1.0, 8.0  # Fig. 4, inches
 SCORE = {"ppi": ("test_f1", "test micro-F1"), "modelnet": ("acc", "test accuracy")}
 SUMMARY = {"ppi": ("test_f1",), "modelnet": ("acc", "macc")}  # the scores of --summarize
-METRICS = ("ls_kl", "ls_kl_auto", "rank_corr")  # of the structure (common.structure_metrics)
+METRICS = ("ls_kl", "ls_kl_auto", "rank_corr")  # of the structure (structure.py)
 PANELS = (("rank_corr", "neighbour rank correlation\nwith the teacher (1: same order)", "linear"),
           ("ls_kl_auto", "KL(LS_s || LS_t), RBF with each\nmodel's median σ (log scale)", "log"),
           ("ls_kl", "KL(LS_s || LS_t), RBF σ = 1,\nEq. (5)-(6) (log scale)", "log"))

@@ -13,7 +13,8 @@ import torch
 
 import lsp_kd
 from lsp_kd import (KERNELS, at_loss, fitnet_loss, kd_loss, log_local_structure, lsp_loss,
-                    neighbour_rank_correlation, union_graph)
+                    union_graph)
+from structure import neighbour_rank_correlation
 
 
 def local_structure(*args, **kw):
@@ -731,7 +732,7 @@ def test_sigma_auto_is_not_silenced_by_self_loops():
 
 
 def test_lsp_loss_against_a_uniform_student_is_the_kl_from_uniform():
-    """common.teacher_structure measures the teacher's structure as lsp_loss(equal student
+    """structure.teacher_structure measures the teacher's structure as lsp_loss(equal student
     features, teacher, teacher_first=True): a student of equal features has uniform LS_i,
     so that is the mean over all N nodes of KL(LS_i^t || uniform)."""
     edge_index = make_graph()                                # degrees 0, 1 and more
@@ -813,41 +814,51 @@ def test_rank_correlation_of_unrelated_features_on_a_union_of_knn_graphs():
 # Bad calls: a TypeError or ValueError that names the argument, never NaN
 
 def bad_calls():
-    """{case: (call, error, what it says)} for every function of lsp_kd."""
-    f_s, f_t, e, maps = F_S, F_T, GOOD, lsp_kd.HolisticMaps(4, 5, 8)
+    """{case: (call, error, what it says)} for every function of lsp_kd (and the rank
+    correlation of structure.py)."""
+    f_s, f_t, e, maps, hkd = F_S, F_T, GOOD, lsp_kd.HolisticMaps(4, 5, 8), lsp_kd.hkd_loss
     return {
-        "numpy features": (lambda: lsp_loss(f_s.numpy(), f_t, e), TypeError, "feat_s must be a torch"),
+        "numpy features": (lambda: lsp_loss(f_s.numpy(), f_t, e), TypeError,
+                           "feat_s must be a torch"),
         "feat_t None": (lambda: lsp_loss(f_s, None, e), TypeError, "feat_t must be a torch"),
         "complex features": (lambda: lsp_loss(f_s.to(torch.complex64), f_t, e), ValueError,
                              "feat_s must be a 2-d real floating-point"),
-        "integer features": (lambda: log_local_structure(f_s.long(), e), ValueError, "feat must"),
-        "numpy edge_index": (lambda: lsp_loss(f_s, f_t, e.numpy()), TypeError, "edge_index must"),
-        "num_nodes 6.0": (lambda: lsp_loss(f_s, f_t, e, num_nodes=6.0), TypeError, "num_nodes must be an int"),
-        "log_ls_t a list": (lambda: lsp_loss(f_s, None, e, log_ls_t=[0.0] * 3), TypeError, "log_ls_t must"),
-        "poly degree 0.5": (lambda: lsp_loss(f_s, f_t, e, "poly", degree=0.5), TypeError, "degree must be an int"),
-        "poly degree -1": (lambda: lsp_loss(f_s, f_t, e, "poly", degree=-1), ValueError, "degree must be >= 1"),
-        "poly c nan": (lambda: lsp_loss(f_s, f_t, e, "poly", c=float("nan")), ValueError, "c must be finite"),
-        "poly degree 1e5": (lambda: lsp_loss(f_s * 10, f_t * 10, e, "poly", degree=10 ** 5), ValueError,
-                            r"SIM \(poly\) overflows"),
+        "integer features": (lambda: log_local_structure(f_s.long(), e), ValueError,
+                             "feat must"),
+        "numpy edge_index": (lambda: lsp_loss(f_s, f_t, e.numpy()), TypeError,
+                             "edge_index must"),
+        "num_nodes 6.0": (lambda: lsp_loss(f_s, f_t, e, num_nodes=6.0), TypeError,
+                          "num_nodes must be an int"),
+        "log_ls_t a list": (lambda: lsp_loss(f_s, None, e, log_ls_t=[0.0] * 3), TypeError,
+                            "log_ls_t must"),
+        "poly degree 0.5": (lambda: lsp_loss(f_s, f_t, e, "poly", degree=0.5), TypeError,
+                            "degree must be an int"),
+        "poly degree -1": (lambda: lsp_loss(f_s, f_t, e, "poly", degree=-1), ValueError,
+                           "degree must be >= 1"),
+        "poly c nan": (lambda: lsp_loss(f_s, f_t, e, "poly", c=math.nan), ValueError,
+                       "c must be finite"),
+        "poly degree 1e5": (lambda: lsp_loss(f_s * 10, f_t * 10, e, "poly", degree=10 ** 5),
+                            ValueError, r"SIM \(poly\) overflows"),
         "union num_nodes 2^32": (lambda: union_graph(e + 2 ** 32, e, 2 ** 32 + 6), ValueError,
                                  "num_nodes must be in"),
         "union num_nodes 2^40": (lambda: union_graph(e, e + 2 ** 40, 2 ** 40 + 6), ValueError,
                                  "num_nodes must be in"),
         "union 1-d": (lambda: union_graph(e[0], e, 6), ValueError, "edge_index_s must be a 2-d"),
         "union float N": (lambda: union_graph(e, e, 6.0), TypeError, "num_nodes must be an int"),
-        "kd T inf": (lambda: kd_loss(f_s, f_s + 1, T=float("inf")), ValueError, "T must be a finite"),
+        "kd T inf": (lambda: kd_loss(f_s, f_s + 1, T=math.inf), ValueError, "T must be a finite"),
         "kd T 0": (lambda: kd_loss(f_s, f_s + 1, T=0), ValueError, "T must be a finite"),
         "kd numpy": (lambda: kd_loss(f_s.numpy(), f_s), TypeError, "logits_s must be a torch"),
-        "at float batch": (lambda: at_loss(f_s, f_t, torch.zeros(N_ERR)), ValueError, "batch must"),
-        "fitnet numpy": (lambda: fitnet_loss(f_s.numpy(), f_t, torch.nn.Linear(4, 5)), TypeError,
-                         "feat_s must be a torch"),
-        "hkd tau 0": (lambda: lsp_kd.hkd_loss(f_s, f_t, maps, k=2, tau=0), ValueError, "tau must"),
-        "hkd tau inf": (lambda: lsp_kd.hkd_loss(f_s, f_t, maps, k=2, tau=math.inf), ValueError, "tau must"),
-        "hkd k 4.5": (lambda: lsp_kd.hkd_loss(f_s, f_t, maps, k=4.5), TypeError, "k must be an int"),
-        "hkd maps' widths": (lambda: lsp_kd.hkd_loss(f_s, f_t, lsp_kd.HolisticMaps(3, 5, 8), k=2),
+        "at float batch": (lambda: at_loss(f_s, f_t, torch.zeros(N_ERR)), ValueError,
+                           "batch must"),
+        "fitnet numpy": (lambda: fitnet_loss(f_s.numpy(), f_t, torch.nn.Linear(4, 5)),
+                         TypeError, "feat_s must be a torch"),
+        "hkd tau 0": (lambda: hkd(f_s, f_t, maps, k=2, tau=0), ValueError, "tau must"),
+        "hkd tau inf": (lambda: hkd(f_s, f_t, maps, k=2, tau=math.inf), ValueError, "tau must"),
+        "hkd k 4.5": (lambda: hkd(f_s, f_t, maps, k=4.5), TypeError, "k must be an int"),
+        "hkd maps' widths": (lambda: hkd(f_s, f_t, lsp_kd.HolisticMaps(3, 5, 8), k=2),
                              ValueError, r"maps are for features of widths \(3, 5\)"),
-        "rank correlation numpy": (lambda: neighbour_rank_correlation(f_s.numpy(), f_t, e), TypeError,
-                                   "feat_s must be a torch")}
+        "rank correlation numpy": (lambda: neighbour_rank_correlation(f_s.numpy(), f_t, e),
+                                   TypeError, "feat_s must be a torch")}
 
 
 @pytest.mark.parametrize("case", bad_calls())

@@ -21,6 +21,7 @@ import common
 import data
 import lsp_kd
 import models
+import structure
 import synthetic
 import train_modelnet
 import train_ppi
@@ -570,9 +571,9 @@ def test_an_inert_lsp_term_is_warned_of_and_sigma_auto_is_not(script, dead_sigma
     dead = run(script, "--dry-run", "--lsp", "--sigma", dead_sigma, "--out-dir", "dead")
     warnings = [w for w in capsys.readouterr().err.splitlines() if w.startswith("warning:")]
     assert len(warnings) == 1 and "--sigma auto" in warnings[0]
-    assert dead["teacher"]["structure"] < common.UNIFORM_KL
+    assert dead["teacher"]["structure"] < structure.UNIFORM_KL
     alive = run(script, "--dry-run", "--lsp", "--sigma", "auto", "--out-dir", "alive")
     assert "warning:" not in capsys.readouterr().err
-    assert alive["teacher"]["structure"] > common.UNIFORM_KL
+    assert alive["teacher"]["structure"] > structure.UNIFORM_KL
     # before training: the untrained student, the same for every method of a seed
     assert alive["structure_by_epoch"]["0"] == dead["structure_by_epoch"]["0"]
