@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 
 import numpy as np
 import torch
@@ -60,7 +61,12 @@ def main_guard(main, resumes=True):
     except (MemoryError, RuntimeError) as e:  # torch's CPU allocator raises RuntimeError
         if not isinstance(e, MemoryError) and "allocate" not in str(e):
             raise
-        fail(f"out of memory ({str(e).splitlines()[0][:150]}): make the sizes smaller")
+        fail(f"out of memory ({(str(e).splitlines() or [type(e).__name__])[0][:150]}): make "
+             "the sizes smaller")
+    except ValueError as e:  # lsp_kd refuses features that are not finite or overflow SIM
+        if not traceback.extract_tb(e.__traceback__)[-1].filename.endswith("lsp_kd.py"):
+            raise
+        fail(f"{e}: has the model diverged? Try a smaller --lr or distillation weight")
 
 
 class Parser(argparse.ArgumentParser):  # --help shows every default; errors are one line
@@ -157,12 +163,13 @@ def save(obj, path):
     The temp files of saves killed before (their process gone) are removed."""
     tmp = f"{path}.tmp{os.getpid()}"  # two runs saving one file do not share a temp file
     for old in glob.glob(glob.escape(path) + ".tmp*") if os.name == "posix" else ():
-        try:
+        try:  # a temp file written in the last minute may be another machine's, alive
             os.kill(int(old.rsplit(".tmp", 1)[1]), 0)         # its process is alive
         except ProcessLookupError:
             with contextlib.suppress(OSError):
-                os.remove(old)
-        except (ValueError, OSError):                          # not a PID, another user's
+                if time.time() - os.path.getmtime(old) > 60:
+                    os.remove(old)
+        except (ValueError, OverflowError, OSError):           # not a PID, another user's
             pass
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -78,7 +78,7 @@ def log_local_structure(feat, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0
     if check("edge_index", edge_index, 2, floating=False).size(0) != 2:
         raise ValueError(f"edge_index must be (2, E), got {tuple(edge_index.shape)}")
     lo, hi = edge_index.aminmax() if edge_index.numel() else (0, 0)  # ids of no node?
-    if lo < 0 or hi >= N:
+    if edge_index.numel() and (lo < 0 or hi >= N):
         raise ValueError(f"edge_index refers to node {int(lo if lo < 0 else hi)}, outside the "
                          f"nodes [0, {N})")
     if kernel not in KERNELS:
@@ -160,8 +160,8 @@ def lsp_loss(feat_s, feat_t, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0.
 
 def pair_blocks(feat, src, dst):
     """PairTerms' blocks of edges: (slice e of the edges, z_i (block, F), z_j (block, F))."""
-    numbers = BLOCK * (1 if feat.device.type == "cpu" else 16)
-    step = max(1, numbers // max(feat.size(1), 1))
+    count = BLOCK * (1 if feat.device.type == "cpu" else 16)
+    step = max(1, count // max(feat.size(1), 1))
     for start in range(0, src.numel(), step):
         e = slice(start, start + step)
         yield e, feat.index_select(0, dst[e]), feat.index_select(0, src[e])
@@ -174,7 +174,7 @@ class PairTerms(torch.autograd.Function):
     O(E + N·F), not O(E·F) (gigabytes on ModelNet40's union graph), and the backward pass is
     written out, adding every block's gradient into one (N, F) buffer (autograd through the
     blocks zero-fills a buffer per block: the LSP step was 3-5× slower). Tested equal to
-    autograd on the plain formulas, gradcheck included."""
+    autograd on the plain formulas, gradcheck included. No second derivative."""
     @staticmethod
     def forward(ctx, feat, src, dst, kernel):
         ctx.save_for_backward(feat, src, dst)
@@ -213,7 +213,7 @@ def union_graph(edge_index_s, edge_index_t, num_nodes):
     for name, ei in (("edge_index_s", edge_index_s), ("edge_index_t", edge_index_t)):
         if check(name, ei, 2, floating=False).size(0) != 2:
             raise ValueError(f"{name} must be (2, E), got {tuple(ei.shape)}")
-    number("num_nodes", num_nodes, lambda n: 0 <= n and n * n < 2 ** 63,  # key: no overflow
+    number("num_nodes", num_nodes, lambda n: 0 <= n and int(n) ** 2 < 2 ** 63,  # the key
            "in [0, 3.03e9): the key i·N + j of an edge is an int64", integer=True)
     edges = torch.cat([edge_index_s, edge_index_t], dim=1).long()  # (2, E_s + E_t)
     if edges.numel() and not 0 <= int(edges.min()) <= int(edges.max()) < num_nodes:

@@ -34,6 +34,8 @@ try:  # optional: summarize, and so the training scripts, run without it
     from matplotlib.ticker import NullLocator
 except ImportError:
     plt = None
+except KeyboardInterrupt:
+    raise SystemExit("\ninterrupted") from None
 
 DPI, CURVES_SIZE = 100, (13.0, 9.0)                                       # inches
 OBJECTS, SEED = 3, 0  # Fig. 4: test clouds of so many classes, drawn (and red points) by seed
@@ -74,7 +76,9 @@ def readable(res):
     values = [res[k] for k in (*scores, *METRICS, "seed")] + [res["teacher"][k] for k in scores]
     values += [m[k] for m in res["structure_by_epoch"].values() for k in (scores[0], *METRICS)]
     for v in values:
-        float("nan" if v is None else v)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise TypeError(f"{v!r} is not a number")
+    [int(e) for e in res["structure_by_epoch"]]
     if not all(isinstance(v, t) for v, t in ((res["method"], str), (res["data"], str),
                                              (res["args"], dict), (res["teacher"]["file"], str))):
         raise TypeError("method, data, args or the teacher's file is of another type")

@@ -885,6 +885,12 @@ def test_huge_features_refused_or_finite(kernel, sigma, scale):
     assert lsp_loss(f_s.double(), f_t.double(), GOOD, kernel, sigma).isfinite()  # float64 can
 
 
+def test_no_nodes_no_edges_is_zero():
+    empty = torch.zeros(2, 0, dtype=torch.long)
+    assert lsp_loss(torch.zeros(0, 3), torch.zeros(0, 4), empty).item() == 0
+    assert lsp_loss(F_S, F_T, empty, num_nodes=0).item() == 0
+
+
 def test_hkd_takes_the_maps_dtype():
     maps = lsp_kd.HolisticMaps(4, 5, 8)
     want = lsp_kd.hkd_loss(F_S, F_T, maps, k=2)

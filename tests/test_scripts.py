@@ -12,6 +12,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -298,8 +299,9 @@ def test_bad_flags_end_in_one_error_line(script, flags, says, capsys):
     assert not os.path.exists("runs")                          # refused before any run
 
 
-@pytest.mark.parametrize("error", [MemoryError("Unable to allocate 30 GiB"), RuntimeError(
-    "[enforce fail] DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")])
+@pytest.mark.parametrize("error", [MemoryError("Unable to allocate 30 GiB"), MemoryError(),
+                                   RuntimeError("[enforce fail] DefaultCPUAllocator: can't "
+                                                "allocate memory: you tried to allocate 9 GB")])
 def test_a_failed_allocation_ends_in_one_error_line(error, capsys):
     def main():
         raise error
@@ -344,11 +346,25 @@ def test_a_long_teacher_file_name_is_refused_before_training(capsys):
 def test_a_killed_save_leaves_no_temp_file_behind():
     """A save's temp file whose process is gone is removed by the next save of that file;
     a live process's (this one's parent) is left alone."""
-    for pid in (2 ** 22 + 12345, os.getppid()):                             # gone; alive
+    for pid in (2 ** 22 + 12345, 2 ** 22 + 12346, os.getppid(), 10 ** 30):  # gone; alive
         with open(f"r.json.tmp{pid}", "w") as f:
             f.write("{")
+    old = time.time() - 120                     # written 2 minutes ago: not being written
+    for pid in (2 ** 22 + 12345, os.getppid(), 10 ** 30):
+        os.utime(f"r.json.tmp{pid}", (old, old))
     common.save({"a": 1}, "r.json")
-    assert sorted(glob.glob("r.json*")) == ["r.json", f"r.json.tmp{os.getppid()}"]
+    assert sorted(glob.glob("r.json*")) == sorted(["r.json", f"r.json.tmp{os.getppid()}",
+                                                   f"r.json.tmp{2 ** 22 + 12346}",
+                                                   f"r.json.tmp{10 ** 30}"])
+
+
+def test_a_diverged_model_refused_by_the_losses_is_one_line(capsys):
+    def main():                                 # the student's features overflow the kernel
+        lsp_kd.lsp_loss(torch.linspace(-1e30, 1e30, 12).view(4, 3), torch.ones(4, 3),
+                        torch.tensor([[0, 1], [1, 0]]), "l2")
+    assert "overflows" in error_line(capsys, lambda: common.main_guard(main))
+    with pytest.raises(ValueError, match="mine"):                        # not the losses'
+        common.main_guard(lambda: (_ for _ in ()).throw(ValueError("mine")))
 
 
 def test_nan_is_written_as_null(capsys):
