@@ -66,7 +66,7 @@ def main_guard(main, resumes=True):
     except ValueError as e:  # lsp_kd refuses features that are not finite or overflow SIM
         if not traceback.extract_tb(e.__traceback__)[-1].filename.endswith("lsp_kd.py"):
             raise
-        fail(f"{e}: has the model diverged? Try a smaller --lr or distillation weight")
+        fail(f"{e} (in training: try a smaller --lr or distillation weight)")
 
 
 class Parser(argparse.ArgumentParser):  # --help shows every default; errors are one line
@@ -163,13 +163,13 @@ def save(obj, path):
     The temp files of saves killed before (their process gone) are removed."""
     tmp = f"{path}.tmp{os.getpid()}"  # two runs saving one file do not share a temp file
     for old in glob.glob(glob.escape(path) + ".tmp*") if os.name == "posix" else ():
-        try:  # a temp file written in the last minute may be another machine's, alive
-            os.kill(int(old.rsplit(".tmp", 1)[1]), 0)         # its process is alive
-        except ProcessLookupError:
-            with contextlib.suppress(OSError):
+        try:
+            os.kill(int(old.rsplit(".tmp", 1)[1]), 0)  # no error: its process is alive
+        except ProcessLookupError:  # gone; but written in the last minute, it may be another
+            with contextlib.suppress(OSError):       # machine's on a shared disk, alive
                 if time.time() - os.path.getmtime(old) > 60:
                     os.remove(old)
-        except (ValueError, OverflowError, OSError):           # not a PID, another user's
+        except (ValueError, OverflowError, OSError):  # not a PID; another user's process
             pass
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
