@@ -9,6 +9,7 @@ the frozen teacher are not counted. N nodes, E edges, B clouds, P points, F feat
 
     python bench.py --quick --threads 1                  # reduced sizes, about 30 s
     python bench.py --threads 1 --repeats 5 --only ppi   # full sizes, minutes"""
+import contextlib
 import itertools
 import os
 import pathlib
@@ -262,6 +263,11 @@ def get_args(argv=None):
             p.error(f"--{flag.replace('_', '-')} must be in [{least}, {most}]")
     if os.path.isdir(args.out):
         p.error(f"--out {args.out} is a folder; give the JSON file's path")
+    folder = os.path.dirname(os.path.abspath(args.out))  # writable before the benchmark runs
+    with contextlib.suppress(OSError):
+        os.makedirs(folder, exist_ok=True)
+    if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+        p.error(f"--out {args.out}: cannot write into {folder}")
     return args
 
 

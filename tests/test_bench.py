@@ -4,6 +4,7 @@ table; the CPU memory measure against allocations of known size; bad flags end w
 import importlib.util
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -128,6 +129,14 @@ def test_bad_flags_give_one_error_line(flags, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [err.strip()]
+
+
+def test_out_not_writable_fails_before_the_benchmark(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "run_rows", lambda *a: pytest.fail("the benchmark ran"))
+    (tmp_path / "a_file").write_text("x")                     # no folder can be made in it
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--out", str(tmp_path / "a_file" / "b.json")])
+    assert "cannot write into" in capsys.readouterr().err
 
 
 def test_out_folder_fails_before_the_benchmark(tmp_path, capsys, monkeypatch):
