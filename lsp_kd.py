@@ -77,8 +77,8 @@ def log_local_structure(feat, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0
         "num_nodes", num_nodes, lambda n: 0 <= n <= feat.size(0), "in [0, feat.size(0)]", True)
     if check("edge_index", edge_index, 2, floating=False).size(0) != 2:
         raise ValueError(f"edge_index must be (2, E), got {tuple(edge_index.shape)}")
-    lo, hi = edge_index.aminmax() if edge_index.numel() else (0, 0)  # ids of no node?
-    if edge_index.numel() and (lo < 0 or hi >= N):
+    lo, hi = edge_index.aminmax() if edge_index.numel() else (0, N - 1)  # ids of no node?
+    if lo < 0 or hi >= N:
         raise ValueError(f"edge_index refers to node {int(lo if lo < 0 else hi)}, outside the "
                          f"nodes [0, {N})")
     if kernel not in KERNELS:
