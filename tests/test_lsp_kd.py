@@ -6,6 +6,7 @@ hand-written formulas."""
 import inspect
 import math
 import numbers
+import warnings
 
 import numpy as np
 import pytest
@@ -146,10 +147,11 @@ def knn_union(N_per_cloud=16, clouds=3, seed=8):
 @pytest.mark.parametrize("graph", ["random", "knn_union"])
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_pair_terms_equal_autograd(kernel, graph, monkeypatch):
-    """PairTerms (blocks, a written-out backward) against autograd on the plain formula over
-    all edges at once: the same values and gradients, in several blocks (BLOCK // F = 3
-    edges), on a random graph (duplicates, self-loops, unsorted) and a union of kNN graphs;
-    and float64 gradcheck."""
+    """PairTerms (sparse products, or blocks for L1; a written-out backward) against autograd
+    on the plain formula over all edges at once: the same values and gradients, L1 in several
+    blocks (BLOCK // F = 3 edges), on a random graph (duplicates, self-loops, unsorted: the
+    pairs made unique first) and a union of kNN graphs (sorted and unique as it is); and
+    float64 gradcheck."""
     monkeypatch.setattr(lsp_kd, "BLOCK", 24)
     edge_index = random_graph(30, 100, seed=6) if graph == "random" else knn_union()
     N, (src, dst) = int(edge_index.max()) + 1, edge_index
@@ -167,9 +169,9 @@ def test_pair_terms_equal_autograd(kernel, graph, monkeypatch):
 
 
 def test_local_structure_in_edge_blocks():
-    """The pairs are gathered in blocks of 2^18 // F edges: with F = 2^15 a block is 8
-    edges, so 300 edges make 38 blocks; values and gradients of every kernel must equal a
-    one-shot computation (per-centre log_softmax of SIM over all edges at once)."""
+    """Wide features: L1's pairs are gathered in blocks of 2^18 // F edges, with F = 2^15 a
+    block is 8 edges, so 300 edges make 38 blocks; values and gradients of every kernel must
+    equal a one-shot computation (per-centre log_softmax of SIM over all edges at once)."""
     g = torch.Generator().manual_seed(3)
     N, F_dim, E = 30, 2 ** 15, 300
     sims = {"rbf": lambda t: torch.exp(-t / 2), "l2": lambda t: t, "linear": lambda t: t,
@@ -655,13 +657,13 @@ def random_graph(N, E, seed):
 
 
 def test_lsp_loss_pastes_alone():
-    """The source of check, number, log_local_structure, lsp_loss, pair_blocks and PairTerms,
-    run where only torch exists (and the constants they read), gives the module's numbers and
-    gradients."""
+    """The source of check, number, check_edges, log_local_structure, lsp_loss, csr,
+    differences and PairTerms, run where only torch exists (and the constants they read), gives the module's
+    numbers and gradients."""
     namespace = {"torch": torch, "F": torch.nn.functional, "BLOCK": lsp_kd.BLOCK,
-                 "KERNELS": KERNELS, "math": math, "numbers": numbers}
-    for f in (lsp_kd.check, lsp_kd.number, log_local_structure, lsp_loss, lsp_kd.pair_blocks,
-              lsp_kd.PairTerms):
+                 "KERNELS": KERNELS, "math": math, "numbers": numbers, "warnings": warnings}
+    for f in (lsp_kd.check, lsp_kd.number, lsp_kd.check_edges, log_local_structure, lsp_loss,
+              lsp_kd.csr, lsp_kd.differences, lsp_kd.PairTerms):
         exec(inspect.getsource(f), namespace)
     pasted = namespace["lsp_loss"]
     edge_index = random_graph(30, 120, seed=5)
@@ -872,12 +874,13 @@ def test_bad_calls_name_the_argument(case):
 @pytest.mark.parametrize("kernel,sigma", [("rbf", "auto"), ("l2", 1.0), ("linear", 1.0),
                                           ("poly", 1.0), ("rbf", 1.0), ("l1_official", 1.0)])
 def test_huge_features_refused_or_finite(kernel, sigma, scale):
-    """Finite features so large that SIM overflows float32 are refused; where SIM saturates
-    instead (RBF σ = 1, L1: exp(-huge) = 0) the loss and its gradient are finite."""
+    """Finite features so large that SIM, or the squared norms that RBF's distances come
+    from, overflow float32 are refused; where SIM saturates instead (L1: exp(-huge) = 0) the
+    loss and its gradient are finite."""
     signs = torch.tensor([1.0, -1.0, 1.0, -1.0])                          # ±1e19, ±1e30, ...
     f_s = (torch.arange(1.0, 25.0).view(6, 4) * signs * scale).requires_grad_()
     f_t = torch.arange(2.0, 26.0).view(6, 4) * signs * scale  # z_iᵀz_j >= 8e38 > float32's max
-    if kernel in ("rbf", "l1_official") and sigma != "auto":
+    if kernel == "l1_official":
         loss = lsp_loss(f_s, f_t, GOOD, kernel, sigma)
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(f_s.grad).all()
