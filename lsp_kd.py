@@ -6,7 +6,7 @@ the similarity kernels, Eq. (5)-(6) the LSP loss, Sec. 3.5 the union graph of dy
 Sec. 4.1 the baselines KD, FitNet and AT; then a later method the paper does not have,
 Holistic KD (Zhou et al., ICCV 2021).
 Every function needs only torch: copy the file down to union_graph (the imports, KERNELS,
-BLOCK, check, number, check_edges, log_local_structure, lsp_loss, csr, differences,
+BLOCK, check, number, check_edges, log_local_structure, lsp_loss, csr, differences, pairs,
 PairTerms) into your own code, or `pip install -e .` and import them.
 
 Notation (paper -> code):
@@ -167,7 +167,7 @@ def lsp_loss(feat_s, feat_t, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0.
 
 
 def csr(rows, cols, values, N):
-    """The N × N CSR matrix with values[e] at (rows[e], cols[e]); rows sorted, no pair twice."""
+    """The N × N CSR matrix with values[e] at (rows[e], cols[e]), sorted by row then column."""
     crow = torch.searchsorted(rows, torch.arange(N + 1, device=rows.device))  # row starts
     with warnings.catch_warnings():  # torch: "Sparse CSR tensor support is in beta state"
         warnings.simplefilter("ignore", UserWarning)
@@ -185,59 +185,62 @@ def differences(feat, src, dst):
         yield e, F.embedding_bag(pair, feat, mode="sum", per_sample_weights=signs[:len(pair)])
 
 
+def pairs(src, dst, N):
+    """Each edge's pair (i, j) once, sorted by i then j, as a CSR matrix needs: i, j (U,) and
+    where each edge's pair lies among them (E,), or None when they are the edges already (a
+    union_graph's edges are)."""
+    key = dst.long() * N + src                                # (E,)
+    if (key[1:] > key[:-1]).all():
+        return dst.long(), src.long(), None
+    key, edge = torch.unique(key, return_inverse=True)        # (U,), (E,)
+    return key // N, key % N, edge
+
+
 class PairTerms(torch.autograd.Function):
     """Step 1 of log_local_structure: per edge e = (j, i), z_iᵀz_j (poly, linear),
     ||z_i - z_j||² (rbf, l2) or ||z_i - z_j||₁ (l1_official); (N, F) -> (E,).
     NOTE: not in the paper; the same numbers up to float rounding, without an (E, F) tensor of
     pairs (gigabytes on ModelNet40's union graph), and several times faster than autograd:
-    - every z_iᵀz_j at once: Z Zᵀ sampled at the edges (SDDMM); ||z_i - z_j||² = ||z_i||² +
-      ||z_j||² - 2 z_iᵀz_j, Z centred first (the same distances, less cancellation). The
-      gradient: (G + Gᵀ) Z (SpMM), G the N × N matrix of dL/dt at the edges; for
-      ||z_i - z_j||², 2 (D Z - (G + Gᵀ) Z), D the diagonal of G's row plus column sums;
-    - ||z_i - z_j||₁ has no such form: blocks of pairs (differences), the gradient written out.
+    - every z_iᵀz_j at once is Z Zᵀ sampled at the edges (SDDMM); distances come from blocks
+      of pairs (differences: exact, where ||z_i||² + ||z_j||² - 2 z_iᵀz_j would cancel);
+    - the gradient of z_iᵀz_j is (G + Gᵀ) Z, G the N × N matrix of dL/dt at the edges (SpMM);
+      of ||z_i - z_j||², 2 (D Z - (G + Gᵀ) Z) on centred Z, D the diagonal of G's row plus
+      column sums; of ||z_i - z_j||₁, blocks of pairs again.
     Tested equal to autograd on the plain formulas, gradcheck included. No second derivative."""
     @staticmethod
     def forward(ctx, feat, src, dst, kernel):
-        ctx.kernel, N = kernel, feat.size(0)
-        if kernel == "l1_official":
-            ctx.save_for_backward(feat, src, dst)
-            t = feat.new_empty(src.numel())                   # (E,)
-            for e, d in differences(feat, src, dst):
-                t[e] = d.abs_().sum(-1)                       # ||z_i - z_j||₁
-            return t
-        # each pair (i, j) once, sorted by i then j, as a CSR matrix needs (a union_graph is)
-        key = dst.long() * N + src                            # (E,)
-        key, edge = (key, None) if (key[1:] > key[:-1]).all() else torch.unique(
-            key, return_inverse=True)                         # (U,), (E,) back to the edges
-        i, j = key // N, key % N
-        if kernel in ("rbf", "l2"):
-            feat = feat - feat.mean(0)
-        ctx.save_for_backward(feat, i, j, edge)
-        t = torch.sparse.sampled_addmm(csr(i, j, feat.new_zeros(len(key)), N), feat,
-                                       feat.t(), beta=0).values()              # (U,) z_iᵀz_j
-        if kernel in ("rbf", "l2"):
-            sq = (feat * feat).sum(1)                         # (N,) ||z||²
-            t = (sq[i] + sq[j]).sub_(t, alpha=2).clamp_min_(0)  # ||z_i - z_j||²
-        return t if edge is None else t[edge]                 # (E,)
+        ctx.kernel = kernel
+        ctx.save_for_backward(feat, src, dst)
+        if kernel in ("poly", "linear") and src.numel():     # (cuSPARSE: no empty matrices)
+            i, j, edge = pairs(src, dst, feat.size(0))
+            t = torch.sparse.sampled_addmm(csr(i, j, feat.new_zeros(len(i)), feat.size(0)),
+                                           feat, feat.t(), beta=0).values()  # (U,) z_iᵀz_j
+            return t if edge is None else t[edge]             # (E,)
+        t = feat.new_empty(src.numel())                       # (E,)
+        for e, d in differences(feat, src, dst):
+            t[e] = d.abs_().sum(-1) if kernel == "l1_official" else d.pow_(2).sum(-1)
+        return t
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_t):                                # (E,) -> (N, F)
+        feat, src, dst = ctx.saved_tensors
+        N = feat.size(0)
         if ctx.kernel == "l1_official":  # d||z_i - z_j||₁ = sign(z_i - z_j)ᵀ(dz_i - dz_j)
-            feat, src, dst = ctx.saved_tensors
             grad = torch.zeros_like(feat)
             for e, d in differences(feat, src, dst):
                 d = d.sign_().mul_(grad_t[e, None])
                 grad.index_add_(0, dst[e], d).index_add_(0, src[e], d, alpha=-1)
             return grad, None, None, None
-        feat, i, j, edge = ctx.saved_tensors
-        N = feat.size(0)
-        g = grad_t if edge is None else grad_t.new_zeros(len(i)).index_add_(0, edge, grad_t)
+        i, j, edge = pairs(src, dst, N)
+        g = grad_t.contiguous() if edge is None else grad_t.new_zeros(len(i)).index_add_(
+            0, edge, grad_t)                                  # (U,) repeated edges add up
+        z = feat - feat.mean(0) if ctx.kernel in ("rbf", "l2") else feat  # less cancellation
         by_j = torch.argsort(j * N + i)                       # Gᵀ as a CSR matrix
-        grad = csr(i, j, g, N) @ feat + csr(j[by_j], i[by_j], g[by_j], N) @ feat
-        if ctx.kernel in ("rbf", "l2"):
+        grad = csr(i, j, g, N) @ z + csr(j[by_j], i[by_j], g[by_j], N) @ z  # (G + Gᵀ) Z
+        if ctx.kernel in ("rbf", "l2"):  # d||z_i - z_j||² = 2(z_i - z_j)ᵀ(dz_i - dz_j)
             D = g.new_zeros(N).index_add_(0, i, g).index_add_(0, j, g)  # (N,)
-            grad = (D[:, None] * feat).sub_(grad).mul_(2)
+            grad = (D[:, None] * z).sub_(grad).mul_(2)
         return grad, None, None, None
 
 

@@ -21,11 +21,12 @@ def neighbour_rank_correlation(feat_s, feat_t, edge_index, min_neighbours=3):
     the models' own kNN graphs (each holds its model's nearest; -0.3 at 64 points, k = 10 and
     20). (N,) float64, NaN for centres with < min_neighbours edges or all distances tied."""
     N, dst = lsp_kd.check("feat_s", feat_s, 2).size(0), edge_index[1]
-    lsp_kd.check("feat_t", feat_t, 2), lsp_kd.check_edges("edge_index", edge_index, N)
+    lsp_kd.check("feat_t", feat_t, 2)
 
     def ranks(z):  # ranks 1..d_i of ||z_i - z_j||² among i's edges, ties averaged, (E,)
-        # z_i - z_j in float64 and in blocks of edges: ties stay ties
-        v = torch.cat([d.pow(2).sum(1) for _, d in lsp_kd.differences(z.double(), *edge_index)])
+        # log_local_structure with Eq. (4)'s l2 kernel is ||z_i - z_j||² less a constant
+        # per centre: the same order; in float64, ties stay ties
+        v = lsp_kd.log_local_structure(z.double(), edge_index, "l2")
         order = torch.argsort(v, stable=True)
         order = order[torch.argsort(dst[order], stable=True)]  # by centre, then by value
         _, run, n_run = torch.unique_consecutive(torch.stack([dst[order].double(), v[order]]),

@@ -105,8 +105,9 @@ def test_dgcnn_teacher_and_student():
 
 @pytest.mark.parametrize("kernel", list(lsp_kd.KERNELS))
 def test_lsp_loss_in_several_gpu_blocks(kernel):
-    # E * F = 300,000 * 64 > 16 * 2^18: PairTerms splits the edges into GPU blocks (16 times
-    # the CPU's) in its forward and backward; values and gradients must equal the CPU's
+    # PairTerms on the GPU: sparse products (cuSPARSE) for every kernel but L1, whose pairs
+    # come in GPU blocks (E * F = 300,000 * 64 > 16 * 2^18, 16 times the CPU's); values and
+    # gradients must equal the CPU's
     gen = torch.Generator().manual_seed(0)
     N, E, F_ = 20_000, 300_000, 64
     assert E * F_ > 16 * lsp_kd.BLOCK

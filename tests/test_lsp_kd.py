@@ -147,8 +147,8 @@ def knn_union(N_per_cloud=16, clouds=3, seed=8):
 @pytest.mark.parametrize("graph", ["random", "knn_union"])
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_pair_terms_equal_autograd(kernel, graph, monkeypatch):
-    """PairTerms (sparse products, or blocks for L1; a written-out backward) against autograd
-    on the plain formula over all edges at once: the same values and gradients, L1 in several
+    """PairTerms (sparse products, blocks of pairs; a written-out backward) against autograd
+    on the plain formula over all edges at once: the same values and gradients, in several
     blocks (BLOCK // F = 3 edges), on a random graph (duplicates, self-loops, unsorted: the
     pairs made unique first) and a union of kNN graphs (sorted and unique as it is); and
     float64 gradcheck."""
@@ -169,7 +169,7 @@ def test_pair_terms_equal_autograd(kernel, graph, monkeypatch):
 
 
 def test_local_structure_in_edge_blocks():
-    """Wide features: L1's pairs are gathered in blocks of 2^18 // F edges, with F = 2^15 a
+    """Wide features: the pairs are gathered in blocks of 2^18 // F edges, with F = 2^15 a
     block is 8 edges, so 300 edges make 38 blocks; values and gradients of every kernel must
     equal a one-shot computation (per-centre log_softmax of SIM over all edges at once)."""
     g = torch.Generator().manual_seed(3)
@@ -658,12 +658,12 @@ def random_graph(N, E, seed):
 
 def test_lsp_loss_pastes_alone():
     """The source of check, number, check_edges, log_local_structure, lsp_loss, csr,
-    differences and PairTerms, run where only torch exists (and the constants they read), gives the module's
+    differences, pairs and PairTerms, run where only torch exists (and the constants they read), gives the module's
     numbers and gradients."""
     namespace = {"torch": torch, "F": torch.nn.functional, "BLOCK": lsp_kd.BLOCK,
                  "KERNELS": KERNELS, "math": math, "numbers": numbers, "warnings": warnings}
     for f in (lsp_kd.check, lsp_kd.number, lsp_kd.check_edges, log_local_structure, lsp_loss,
-              lsp_kd.csr, lsp_kd.differences, lsp_kd.PairTerms):
+              lsp_kd.csr, lsp_kd.differences, lsp_kd.pairs, lsp_kd.PairTerms):
         exec(inspect.getsource(f), namespace)
     pasted = namespace["lsp_loss"]
     edge_index = random_graph(30, 120, seed=5)
@@ -874,13 +874,12 @@ def test_bad_calls_name_the_argument(case):
 @pytest.mark.parametrize("kernel,sigma", [("rbf", "auto"), ("l2", 1.0), ("linear", 1.0),
                                           ("poly", 1.0), ("rbf", 1.0), ("l1_official", 1.0)])
 def test_huge_features_refused_or_finite(kernel, sigma, scale):
-    """Finite features so large that SIM, or the squared norms that RBF's distances come
-    from, overflow float32 are refused; where SIM saturates instead (L1: exp(-huge) = 0) the
-    loss and its gradient are finite."""
+    """Finite features so large that SIM overflows float32 are refused; where SIM saturates
+    instead (RBF σ = 1, L1: exp(-huge) = 0) the loss and its gradient are finite."""
     signs = torch.tensor([1.0, -1.0, 1.0, -1.0])                          # ±1e19, ±1e30, ...
     f_s = (torch.arange(1.0, 25.0).view(6, 4) * signs * scale).requires_grad_()
     f_t = torch.arange(2.0, 26.0).view(6, 4) * signs * scale  # z_iᵀz_j >= 8e38 > float32's max
-    if kernel == "l1_official":
+    if kernel in ("rbf", "l1_official") and sigma != "auto":
         loss = lsp_loss(f_s, f_t, GOOD, kernel, sigma)
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(f_s.grad).all()
@@ -888,6 +887,23 @@ def test_huge_features_refused_or_finite(kernel, sigma, scale):
         with pytest.raises(ValueError, match=f"SIM \\({kernel}\\) overflows torch.float32"):
             lsp_loss(f_s, f_t, GOOD, kernel, sigma)
     assert lsp_loss(f_s.double(), f_t.double(), GOOD, kernel, sigma).isfinite()  # float64 can
+
+
+def test_close_pairs_far_apart_keep_their_distances():
+    """Edges within clusters 1e3 apart whose points lie 1e-2 apart: float32 keeps the squared
+    distances (gathered pairs), where ||z_i||² + ||z_j||² - 2 z_iᵀz_j would cancel to noise."""
+    g = torch.Generator().manual_seed(0)
+    dst = torch.arange(100).repeat_interleave(6)                       # 4 clusters of 25
+    edge_index = torch.stack([dst // 25 * 25 + torch.randint(0, 25, (600,), generator=g), dst])
+
+    def clustered(width):
+        centres = torch.randn(4, width, generator=g, dtype=torch.float64) * 1e3
+        return centres.repeat_interleave(25, 0) + 1e-2 * torch.randn(100, width, generator=g,
+                                                                     dtype=torch.float64)
+    f_s, f_t = clustered(16).float(), clustered(32).float()
+    want = lsp_loss(f_s.double(), f_t.double(), edge_index, sigma="auto")   # σ of the distances
+    got = lsp_loss(f_s, f_t, edge_index, sigma="auto")
+    assert want > 1e-3 and abs(got.item() / want.item() - 1) < 1e-4
 
 
 def test_no_nodes_no_edges_is_zero():
