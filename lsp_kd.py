@@ -226,8 +226,8 @@ class PairTerms(torch.autograd.Function):
     def backward(ctx, grad_t):                                # (E,) -> (N, F)
         feat, src, dst = ctx.saved_tensors
         N = feat.size(0)
-        if ctx.kernel == "l1_official":  # d||z_i - z_j||₁ = sign(z_i - z_j)ᵀ(dz_i - dz_j)
-            grad = torch.zeros_like(feat)
+        if ctx.kernel == "l1_official" or not src.numel():  # (cuSPARSE: no empty matrices)
+            grad = torch.zeros_like(feat)  # d||z_i - z_j||₁ = sign(z_i - z_j)ᵀ(dz_i - dz_j)
             for e, d in differences(feat, src, dst):
                 d = d.sign_().mul_(grad_t[e, None])
                 grad.index_add_(0, dst[e], d).index_add_(0, src[e], d, alpha=-1)

@@ -658,8 +658,8 @@ def random_graph(N, E, seed):
 
 def test_lsp_loss_pastes_alone():
     """The source of check, number, check_edges, log_local_structure, lsp_loss, csr,
-    differences, pairs and PairTerms, run where only torch exists (and the constants they read), gives the module's
-    numbers and gradients."""
+    differences, pairs and PairTerms, run where only torch exists (and the constants they
+    read), gives the module's numbers and gradients."""
     namespace = {"torch": torch, "F": torch.nn.functional, "BLOCK": lsp_kd.BLOCK,
                  "KERNELS": KERNELS, "math": math, "numbers": numbers, "warnings": warnings}
     for f in (lsp_kd.check, lsp_kd.number, lsp_kd.check_edges, log_local_structure, lsp_loss,
