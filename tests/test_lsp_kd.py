@@ -891,7 +891,8 @@ def test_huge_features_refused_or_finite(kernel, sigma, scale):
 
 def test_close_pairs_far_apart_keep_their_distances():
     """Edges within clusters 1e3 apart whose points lie 1e-2 apart: float32 keeps the squared
-    distances (gathered pairs), where ||z_i||² + ||z_j||² - 2 z_iᵀz_j would cancel to noise."""
+    distances and their gradients (gathered pairs), where ||z_i||² + ||z_j||² - 2 z_iᵀz_j and
+    sparse products over the features would cancel to noise."""
     g = torch.Generator().manual_seed(0)
     dst = torch.arange(100).repeat_interleave(6)                       # 4 clusters of 25
     edge_index = torch.stack([dst // 25 * 25 + torch.randint(0, 25, (600,), generator=g), dst])
@@ -900,10 +901,13 @@ def test_close_pairs_far_apart_keep_their_distances():
         centres = torch.randn(4, width, generator=g, dtype=torch.float64) * 1e3
         return centres.repeat_interleave(25, 0) + 1e-2 * torch.randn(100, width, generator=g,
                                                                      dtype=torch.float64)
-    f_s, f_t = clustered(16).float(), clustered(32).float()
-    want = lsp_loss(f_s.double(), f_t.double(), edge_index, sigma="auto")   # σ of the distances
+    f_s, f_t = clustered(16).float().requires_grad_(), clustered(32).float()
+    f64 = f_s.detach().double().requires_grad_()
+    want = lsp_loss(f64, f_t.double(), edge_index, sigma="auto")            # σ of the distances
     got = lsp_loss(f_s, f_t, edge_index, sigma="auto")
     assert want > 1e-3 and abs(got.item() / want.item() - 1) < 1e-4
+    (grad_want,), (grad,) = torch.autograd.grad(want, f64), torch.autograd.grad(got, f_s)
+    assert (grad - grad_want).abs().max() < 1e-4 * grad_want.abs().max()
 
 
 def test_no_nodes_no_edges_is_zero():
