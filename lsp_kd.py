@@ -6,8 +6,8 @@ the similarity kernels, Eq. (5)-(6) the LSP loss, Sec. 3.5 the union graph of dy
 Sec. 4.1 the baselines KD, FitNet and AT; then a later method the paper does not have,
 Holistic KD (Zhou et al., ICCV 2021).
 Every function needs only torch: copy the file down to union_graph (the imports, KERNELS,
-BLOCK, check, number, check_edges, log_local_structure, lsp_loss, csr, differences, pairs,
-PairTerms) into your own code, or `pip install -e .` and import them.
+BLOCK, check, number, check_edges, log_local_structure, lsp_loss, pair_blocks, PairTerms)
+into your own code, or `pip install -e .` and import them.
 
 Notation (paper -> code):
     z_i, z_j      feat[i], feat[j]                node features of one layer, (N, F)
@@ -18,13 +18,12 @@ Notation (paper -> code):
 Suffixes _s and _t: student and teacher. N nodes, E edges, F features, C labels or classes."""
 import math
 import numbers
-import warnings
 
 import torch
 import torch.nn.functional as F
 
 KERNELS = ("rbf", "poly", "linear", "l2", "l1_official")  # SIM of Eq. (3), see below
-BLOCK = 2 ** 18  # numbers differences() holds at once on the CPU (cache-sized); GPUs: 16×
+BLOCK = 2 ** 18  # numbers PairTerms gathers at once on the CPU (cache-sized); GPUs: 16×
 
 
 def check(name, x, dims, floating=True):
@@ -166,78 +165,52 @@ def lsp_loss(feat_s, feat_t, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0.
     return S.mean() if N > 0 else S.sum()
 
 
-def csr(rows, cols, values, N):
-    """The N × N CSR matrix with values[e] at (rows[e], cols[e]), sorted by row then column."""
-    crow = torch.searchsorted(rows, torch.arange(N + 1, device=rows.device))  # row starts
-    with warnings.catch_warnings():  # torch: "Sparse CSR tensor support is in beta state"
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, cols, values, (N, N), check_invariants=False)
-
-
-def differences(feat, src, dst):
-    """Blocks of edges, each (slice e of the edges, z_i - z_j (block, F)): one gather, by
-    embedding_bag with weights 1 and -1, where index_select twice and a subtraction write 3×."""
-    step = max(1, BLOCK * (1 if feat.device.type == "cpu" else 16) // max(feat.size(1), 1))
-    signs = feat.new_tensor([1.0, -1.0]).repeat(min(step, src.numel()), 1)  # (block, 2)
+def pair_blocks(feat, src, dst):
+    """PairTerms' blocks of edges: (slice e of the edges, z_i (block, F), z_j (block, F))."""
+    count = BLOCK * (1 if feat.device.type == "cpu" else 16)
+    step = max(1, count // max(feat.size(1), 1))
     for start in range(0, src.numel(), step):
         e = slice(start, start + step)
-        pair = torch.stack([dst[e], src[e]], 1)               # (block, 2): i, j
-        yield e, F.embedding_bag(pair, feat, mode="sum", per_sample_weights=signs[:len(pair)])
-
-
-def pairs(src, dst, N):
-    """Each edge's pair (i, j) once, sorted by i then j, as a CSR matrix needs: i, j (U,) and
-    where each edge's pair lies among them (E,), or None when they are the edges already (a
-    union_graph's edges are)."""
-    key = dst.long() * N + src                                # (E,)
-    if (key[1:] > key[:-1]).all():
-        return dst.long(), src.long(), None
-    key, edge = torch.unique(key, return_inverse=True)        # (U,), (E,)
-    return key // N, key % N, edge
+        yield e, feat.index_select(0, dst[e]), feat.index_select(0, src[e])
 
 
 class PairTerms(torch.autograd.Function):
     """Step 1 of log_local_structure: per edge e = (j, i), z_iᵀz_j (poly, linear),
-    ||z_i - z_j||² (rbf, l2) or ||z_i - z_j||₁ (l1_official); (N, F) -> (E,).
-    NOTE: not in the paper; the same numbers up to float rounding, without an (E, F) tensor of
-    pairs (gigabytes on ModelNet40's union graph), and faster than autograd:
-    - z_iᵀz_j: every one at once, Z Zᵀ sampled at the edges (SDDMM); its gradient (G + Gᵀ) Z,
-      G the N × N matrix of dL/dt at the edges (SpMM);
-    - distances and their gradients: blocks of pairs (differences), each z_i - z_j gathered
-      once; exact, where ||z_i||² + ||z_j||² - 2 z_iᵀz_j and sparse products cancel in
-      float32 once pairs lie much closer than the features' spread.
-    Tested equal to autograd on the plain formulas, gradcheck included. No second derivative."""
+    ||z_i - z_j||₁ (l1_official) or ||z_i - z_j||² (rbf, l2); (N, F) -> (E,).
+    NOTE: not in the paper, the same numbers: the edges are taken in blocks, so memory is
+    O(E + N·F), not O(E·F) (gigabytes on ModelNet40's union graph), and the backward pass is
+    written out, adding every block's gradient into one (N, F) buffer (autograd through the
+    blocks zero-fills a buffer per block: the LSP step was 3-5× slower). Distances come from
+    the gathered pairs, never as ||z_i||² + ||z_j||² - 2 z_iᵀz_j, which cancels in float32
+    once pairs lie much closer than the features' spread. Tested equal to autograd on the
+    plain formulas, gradcheck included. No second derivative."""
     @staticmethod
     def forward(ctx, feat, src, dst, kernel):
-        ctx.kernel = kernel
         ctx.save_for_backward(feat, src, dst)
-        if kernel in ("poly", "linear") and src.numel():     # (cuSPARSE: no empty matrices)
-            i, j, edge = pairs(src, dst, feat.size(0))
-            t = torch.sparse.sampled_addmm(csr(i, j, feat.new_zeros(len(i)), feat.size(0)),
-                                           feat, feat.t(), beta=0).values()  # (U,) z_iᵀz_j
-            return t if edge is None else t[edge]             # (E,)
+        ctx.kernel = kernel
         t = feat.new_empty(src.numel())                       # (E,)
-        for e, d in differences(feat, src, dst):
-            t[e] = d.abs_().sum(-1) if kernel == "l1_official" else d.pow_(2).sum(-1)
+        for e, z_i, z_j in pair_blocks(feat, src, dst):
+            if kernel in ("poly", "linear"):
+                t[e] = (z_i * z_j).sum(-1)                    # z_iᵀz_j
+            elif kernel == "l1_official":
+                t[e] = (z_i - z_j).abs().sum(-1)              # ||z_i - z_j||₁
+            else:
+                t[e] = (z_i - z_j).pow(2).sum(-1)             # ||z_i - z_j||²
         return t
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_t):                                # (E,) -> (N, F)
         feat, src, dst = ctx.saved_tensors
-        N = feat.size(0)
-        if ctx.kernel in ("poly", "linear") and src.numel():  # (cuSPARSE: no empty matrices)
-            i, j, edge = pairs(src, dst, N)           # d(z_iᵀz_j) = z_jᵀdz_i + z_iᵀdz_j
-            g = grad_t.contiguous() if edge is None else grad_t.new_zeros(len(i)).index_add_(
-                0, edge, grad_t)                              # (U,) repeated edges add up
-            by_j = torch.argsort(j * N + i)                   # Gᵀ as a CSR matrix
-            return (csr(i, j, g, N) @ feat + csr(j[by_j], i[by_j], g[by_j], N) @ feat,
-                    None, None, None)                         # (G + Gᵀ) Z
-        grad = torch.zeros_like(feat)  # d = z_i - z_j: d||d||₁ = sign(d)ᵀdd, d||d||² = 2dᵀdd
-        for e, d in differences(feat, src, dst):              # dd = dz_i - dz_j
-            d = d.sign_().mul_(grad_t[e, None]) if ctx.kernel == "l1_official" else d.mul_(
-                2 * grad_t[e, None])
-            grad.index_add_(0, dst[e], d).index_add_(0, src[e], d, alpha=-1)
+        grad = torch.zeros_like(feat)
+        for e, z_i, z_j in pair_blocks(feat, src, dst):
+            g = grad_t[e, None]                               # (block, 1)
+            if ctx.kernel in ("poly", "linear"):  # d(z_iᵀz_j) = z_jᵀdz_i + z_iᵀdz_j
+                grad.index_add_(0, dst[e], z_j * g).index_add_(0, src[e], z_i * g)
+            else:  # d = z_i - z_j: d||d||₁ = sign(d)ᵀdd, d||d||² = 2dᵀdd, dd = dz_i - dz_j
+                d = z_i.sub_(z_j)
+                d = d.sign_().mul_(g) if ctx.kernel == "l1_official" else d.mul_(2 * g)
+                grad.index_add_(0, dst[e], d).index_add_(0, src[e], d, alpha=-1)
         return grad, None, None, None
 
 

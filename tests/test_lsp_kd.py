@@ -6,7 +6,6 @@ hand-written formulas."""
 import inspect
 import math
 import numbers
-import warnings
 
 import numpy as np
 import pytest
@@ -147,11 +146,10 @@ def knn_union(N_per_cloud=16, clouds=3, seed=8):
 @pytest.mark.parametrize("graph", ["random", "knn_union"])
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_pair_terms_equal_autograd(kernel, graph, monkeypatch):
-    """PairTerms (sparse products, blocks of pairs; a written-out backward) against autograd
-    on the plain formula over all edges at once: the same values and gradients, in several
-    blocks (BLOCK // F = 3 edges), on a random graph (duplicates, self-loops, unsorted: the
-    pairs made unique first) and a union of kNN graphs (sorted and unique as it is); and
-    float64 gradcheck."""
+    """PairTerms (blocks, a written-out backward) against autograd on the plain formula over
+    all edges at once: the same values and gradients, in several blocks (BLOCK // F = 3
+    edges), on a random graph (duplicates, self-loops, unsorted) and a union of kNN graphs;
+    and float64 gradcheck."""
     monkeypatch.setattr(lsp_kd, "BLOCK", 24)
     edge_index = random_graph(30, 100, seed=6) if graph == "random" else knn_union()
     N, (src, dst) = int(edge_index.max()) + 1, edge_index
@@ -169,9 +167,9 @@ def test_pair_terms_equal_autograd(kernel, graph, monkeypatch):
 
 
 def test_local_structure_in_edge_blocks():
-    """Wide features: the pairs are gathered in blocks of 2^18 // F edges, with F = 2^15 a
-    block is 8 edges, so 300 edges make 38 blocks; values and gradients of every kernel must
-    equal a one-shot computation (per-centre log_softmax of SIM over all edges at once)."""
+    """The pairs are gathered in blocks of 2^18 // F edges: with F = 2^15 a block is 8
+    edges, so 300 edges make 38 blocks; values and gradients of every kernel must equal a
+    one-shot computation (per-centre log_softmax of SIM over all edges at once)."""
     g = torch.Generator().manual_seed(3)
     N, F_dim, E = 30, 2 ** 15, 300
     sims = {"rbf": lambda t: torch.exp(-t / 2), "l2": lambda t: t, "linear": lambda t: t,
@@ -657,13 +655,13 @@ def random_graph(N, E, seed):
 
 
 def test_lsp_loss_pastes_alone():
-    """The source of check, number, check_edges, log_local_structure, lsp_loss, csr,
-    differences, pairs and PairTerms, run where only torch exists (and the constants they
-    read), gives the module's numbers and gradients."""
+    """The source of check, number, check_edges, log_local_structure, lsp_loss, pair_blocks
+    and PairTerms, run where only torch exists (and the constants they read), gives the
+    module's numbers and gradients."""
     namespace = {"torch": torch, "F": torch.nn.functional, "BLOCK": lsp_kd.BLOCK,
-                 "KERNELS": KERNELS, "math": math, "numbers": numbers, "warnings": warnings}
+                 "KERNELS": KERNELS, "math": math, "numbers": numbers}
     for f in (lsp_kd.check, lsp_kd.number, lsp_kd.check_edges, log_local_structure, lsp_loss,
-              lsp_kd.csr, lsp_kd.differences, lsp_kd.pairs, lsp_kd.PairTerms):
+              lsp_kd.pair_blocks, lsp_kd.PairTerms):
         exec(inspect.getsource(f), namespace)
     pasted = namespace["lsp_loss"]
     edge_index = random_graph(30, 120, seed=5)
@@ -891,8 +889,8 @@ def test_huge_features_refused_or_finite(kernel, sigma, scale):
 
 def test_close_pairs_far_apart_keep_their_distances():
     """Edges within clusters 1e3 apart whose points lie 1e-2 apart: float32 keeps the squared
-    distances and their gradients (gathered pairs), where ||z_i||² + ||z_j||² - 2 z_iᵀz_j and
-    sparse products over the features would cancel to noise."""
+    distances and their gradients (gathered pairs), where ||z_i||² + ||z_j||² - 2 z_iᵀz_j
+    would cancel to noise."""
     g = torch.Generator().manual_seed(0)
     dst = torch.arange(100).repeat_interleave(6)                       # 4 clusters of 25
     edge_index = torch.stack([dst // 25 * 25 + torch.randint(0, 25, (600,), generator=g), dst])
