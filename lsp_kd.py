@@ -58,10 +58,11 @@ def check_edges(name, edge_index, N):
     or ValueError that names it."""
     if check(name, edge_index, 2, floating=False).size(0) != 2:
         raise ValueError(f"{name} must be (2, E), got {tuple(edge_index.shape)}")
-    lo, hi = edge_index.aminmax() if edge_index.numel() else (0, N - 1)  # ids of no node?
-    if lo < 0 or hi >= N:
-        raise ValueError(f"{name} refers to node {int(lo if lo < 0 else hi)}, outside the "
-                         f"nodes [0, {N})")
+    if edge_index.numel():  # Python ints: N may lie beyond int32 edges' range
+        lo, hi = torch.stack(edge_index.aminmax()).tolist()
+        if lo < 0 or hi >= N:
+            raise ValueError(f"{name} refers to node {lo if lo < 0 else hi}, outside the "
+                             f"nodes [0, {N})")
     return edge_index
 
 

@@ -410,7 +410,8 @@ def graph_errors():
                 lambda: log_local_structure(F_S, PAST, "poly"), "node 9"),
             "lsp_loss, cached teacher of another graph": (
                 lambda: lsp_loss(F_S, None, GOOD, log_ls_t=torch.zeros(5)), "one value per edge"),
-            "union_graph, edge past num_nodes": (lambda: union_graph(PAST, GOOD, N_ERR), "outside"),
+            "union_graph, edge past num_nodes": (lambda: union_graph(PAST, GOOD, N_ERR),
+                                                 "edge_index_s refers to node 9"),
             "lsp_loss, int16 edge_index": (lambda: lsp_loss(F_S, F_T, GOOD.short()), "int64")}
 
 
@@ -496,6 +497,8 @@ def test_union_graph_int32_many_nodes():
     out = union_graph(a, b, N)
     assert out.dtype == torch.int64 and torch.equal(out, union_graph(a.long(), b.long(), N))
     assert list(map(tuple, out.t().tolist())) == union_ref(a.long(), b.long())
+    # N beyond int32: int32 ids are still all in range
+    assert torch.equal(union_graph(a, b, 2 ** 31 + 5), union_graph(a.long(), b.long(), 2 ** 31 + 5))
 
 
 def test_union_graph_num_nodes_too_small_raises():
