@@ -180,8 +180,8 @@ def bench_modelnet(args, device):
                 feats_t = teacher.edge_features(pts)
         (feat_s, ei_s), (feat_t, ei_t) = feats[-1], feats_t[-1]       # (B*P, F), (2, E)
         terms = {"kd": lambda: lsp_kd.kd_loss(logits, logits_t, T=KD_T),
-                 "lsp": lambda: lsp_kd.lsp_loss(feat_s, feat_t, lsp_kd.union_graph(
-                     ei_s, ei_t, B * P), *LSP[row]),                    # Sec. 3.5: over E^u
+                 "lsp": lambda: lsp_kd.knn_lsp_loss(feat_s, feat_t, ei_s[0].view(B * P, -1),
+                                                    ei_t[0].view(B * P, -1), *LSP[row]),
                  "at": lambda: lsp_kd.at_loss(feat_s, feat_t, cloud),
                  "fitnet": lambda: lsp_kd.fitnet_loss(feat_s, feat_t, learned),
                  "hkd": lambda: lsp_kd.hkd_loss(pooled, pooled_t, learned, k=hkd_k)}

@@ -21,7 +21,8 @@ try:  # Ctrl-C while torch loads: one line, not a traceback
     import structure
     import synthetic
     from common import fail, log
-    from lsp_kd import HolisticMaps, at_loss, fitnet_loss, hkd_loss, kd_loss, lsp_loss, union_graph
+    from lsp_kd import (HolisticMaps, at_loss, fitnet_loss, hkd_loss, kd_loss, knn_lsp_loss,
+                        union_graph)
 except KeyboardInterrupt:
     raise SystemExit("\ninterrupted") from None
 
@@ -81,9 +82,9 @@ def train_step(student, teacher, pts, labels, args, opt, learned, epoch):
     if args.kd:
         terms["kd"] = kd_loss(logits, logits_t, T=KD_T)
         loss = (1 - KD_ALPHA) * ce + KD_ALPHA * terms["kd"]
-    if args.lsp:  # Sec. 3.5: both structures over E^u = E^s ∪ E^t
-        terms["lsp"] = lsp_loss(feat_s, feat_t, union_graph(ei_s, ei_t, B * P), args.kernel,
-                                args.sigma)
+    if args.lsp:  # Sec. 3.5: both structures over E^u = E^s ∪ E^t, each point's k_s + k_t
+        terms["lsp"] = knn_lsp_loss(feat_s, feat_t, ei_s[0].view(B * P, -1),  # neighbours
+                                    ei_t[0].view(B * P, -1), args.kernel, args.sigma)
         loss = loss + args.lsp_weight * terms["lsp"]         # Eq. (7)
     if args.at:
         cloud = torch.arange(B, device=pts.device).repeat_interleave(P)  # (B*P,)

@@ -105,7 +105,7 @@ def test_dgcnn_teacher_and_student():
 
 @pytest.mark.parametrize("kernel", list(lsp_kd.KERNELS))
 def test_lsp_loss_in_several_gpu_blocks(kernel):
-    # E * F = 300,000 * 64 > 16 * 2^18: PairTerms splits the edges into GPU blocks (16 times
+    # E * F = 300,000 * 64 > 16 * 2^19: PairTerms splits the edges into GPU blocks (16 times
     # the CPU's) in its forward and backward; values and gradients must equal the CPU's
     gen = torch.Generator().manual_seed(0)
     N, E, F_ = 20_000, 300_000, 64
@@ -116,6 +116,22 @@ def test_lsp_loss_in_several_gpu_blocks(kernel):
     a, b = f_s.clone().requires_grad_(), f_s.to(CUDA).requires_grad_()
     loss_cpu = lsp_kd.lsp_loss(a, f_t, ei, kernel=kernel)
     loss_gpu = lsp_kd.lsp_loss(b, f_t.to(CUDA), ei.to(CUDA), kernel=kernel)
+    close(loss_gpu, loss_cpu, 1e-3)
+    loss_cpu.backward(), loss_gpu.backward()
+    close(b.grad, a.grad, 1e-3)
+
+
+@pytest.mark.parametrize("kernel", list(lsp_kd.KERNELS))
+def test_knn_lsp_loss_in_several_gpu_blocks(kernel):
+    # N * (k_s + k_t) * F = 20,000 * 30 * 64 > 16 * 2^19: several GPU blocks, as above
+    gen = torch.Generator().manual_seed(0)
+    N, F_ = 20_000, 64
+    nbr_s, nbr_t = (torch.randint(0, N, (N, k), generator=gen) for k in (10, 20))
+    scale = 0.1 if kernel in ("l2", "poly", "linear") else 1.0
+    f_s, f_t = scale * torch.randn(N, F_, generator=gen), scale * torch.randn(N, 48, generator=gen)
+    a, b = f_s.clone().requires_grad_(), f_s.to(CUDA).requires_grad_()
+    loss_cpu = lsp_kd.knn_lsp_loss(a, f_t, nbr_s, nbr_t, kernel=kernel)
+    loss_gpu = lsp_kd.knn_lsp_loss(b, f_t.to(CUDA), nbr_s.to(CUDA), nbr_t.to(CUDA), kernel=kernel)
     close(loss_gpu, loss_cpu, 1e-3)
     loss_cpu.backward(), loss_gpu.backward()
     close(b.grad, a.grad, 1e-3)

@@ -143,26 +143,36 @@ def knn_union(N_per_cloud=16, clouds=3, seed=8):
                        knn_graph(x_t.view(clouds, N_per_cloud, 3), 6), clouds * N_per_cloud)
 
 
-@pytest.mark.parametrize("graph", ["random", "knn_union"])
+def random_table(N, K, seed):
+    """(N, K) neighbour ids with repeats within rows and self-loops."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, N, (N, K), generator=g)
+
+
+@pytest.mark.parametrize("graph", ["random", "knn_union", "table"])
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_pair_terms_equal_autograd(kernel, graph, monkeypatch):
     """PairTerms (blocks, a written-out backward) against autograd on the plain formula over
-    all edges at once: the same values and gradients, in several blocks (BLOCK // F = 3
-    edges), on a random graph (duplicates, self-loops, unsorted) and a union of kNN graphs;
-    and float64 gradcheck."""
+    all pairs at once: the same values and gradients, in many blocks (BLOCK = 24 numbers),
+    on edge lists (a random graph with duplicates, self-loops, unsorted; a union of
+    kNN graphs) and on a table of 7 neighbours a centre; and float64 gradcheck."""
     monkeypatch.setattr(lsp_kd, "BLOCK", 24)
-    edge_index = random_graph(30, 100, seed=6) if graph == "random" else knn_union()
-    N, (src, dst) = int(edge_index.max()) + 1, edge_index
+    if graph == "table":
+        N = 30
+        nbr, centre = random_table(N, 7, seed=6), torch.arange(N)
+    else:
+        edge_index = random_graph(30, 100, seed=6) if graph == "random" else knn_union()
+        N, nbr, centre = int(edge_index.max()) + 1, edge_index[0, :, None], edge_index[1]
     feat = features(N, 8, 0.7, seed=7).requires_grad_()
-    weights = torch.randn(edge_index.size(1), dtype=torch.float64)
-    got = lsp_kd.PairTerms.apply(feat, src, dst, kernel)
-    want = PAIR_TERMS[kernel](feat[dst], feat[src])
-    assert edge_index.size(1) > 10 * 3 and (src == dst).any()   # many blocks, self-loops
+    weights = torch.randn(nbr.shape, dtype=torch.float64)
+    got = lsp_kd.PairTerms.apply(feat, centre, nbr, kernel)
+    want = PAIR_TERMS[kernel](feat[centre][:, None], feat[nbr])
+    assert nbr.numel() * 8 > 10 * 24 and (nbr == centre[:, None]).any()  # many blocks, loops
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(torch.autograd.grad((got * weights).sum(), feat)[0],
                                torch.autograd.grad((want * weights).sum(), feat)[0],
                                rtol=1e-12, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda f: lsp_kd.PairTerms.apply(f, src, dst, kernel),
+    assert torch.autograd.gradcheck(lambda f: lsp_kd.PairTerms.apply(f, centre, nbr, kernel),
                                      (feat,))
 
 
@@ -507,6 +517,90 @@ def test_union_graph_num_nodes_too_small_raises():
 
 
 # ----------------------------------------------------------------------------------------
+# knn_lsp_loss: lsp_loss over union_graph, on neighbour tables
+
+def tables(kind, N=48, seed=30):
+    """Neighbour tables (N, 4) and (N, 6): "knn", knn_graph's of two feature spaces (3
+    clouds of 16 points, ModelNet40's kind); "random", repeats within and across the tables
+    and self-loops."""
+    if kind == "random":
+        return random_table(N, 4, seed), random_table(N, 6, seed + 1)
+    from models import knn_graph
+    x_s, x_t = features(N, 3, 1.0, seed), features(N, 5, 1.0, seed + 1)
+    return (knn_graph(x_s.view(3, N // 3, 3), 4)[0].view(N, 4),
+            knn_graph(x_t.view(3, N // 3, 5), 6)[0].view(N, 6))
+
+
+def table_edges(nbr):
+    """(N, K) table -> (2, N·K) edges (nbr[i, k], i)."""
+    return torch.stack([nbr.flatten(), torch.arange(nbr.size(0)).repeat_interleave(nbr.size(1))])
+
+
+KNN_CASES = [(k, kw, s) for k, kw, s in KERNEL_CASES] + [("rbf", {"sigma": "auto"}, 1.0)]
+
+
+@pytest.mark.parametrize("kind", ["knn", "random"])
+@pytest.mark.parametrize("teacher_first", [False, True])
+@pytest.mark.parametrize("kernel,kw,scale", KNN_CASES,
+                         ids=CASE_IDS + ["rbf-sigmaauto"])
+def test_knn_lsp_loss_equals_lsp_loss_on_union(kernel, kw, scale, teacher_first, kind,
+                                               monkeypatch):
+    """The same loss and gradient as lsp_loss over union_graph, in several blocks."""
+    monkeypatch.setattr(lsp_kd, "BLOCK", 64)
+    nbr_s, nbr_t = tables(kind)
+    union = union_graph(table_edges(nbr_s), table_edges(nbr_t), 48)
+    f_s = features(48, 8, scale, seed=31).requires_grad_()
+    f_t = features(48, 12, scale, seed=32) / 1.2
+    want = lsp_loss(f_s, f_t, union, kernel, teacher_first=teacher_first, **kw)
+    got = lsp_kd.knn_lsp_loss(f_s, f_t, nbr_s, nbr_t, kernel, teacher_first=teacher_first,
+                              **kw)
+    assert want > 1e-4 and union.size(1) < 48 * 10         # not trivial; repeats masked
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(torch.autograd.grad(got, f_s)[0],
+                               torch.autograd.grad(want, f_s)[0], rtol=1e-9, atol=1e-13)
+    got32 = lsp_kd.knn_lsp_loss(f_s.detach().float(), f_t.float(), nbr_s.int(), nbr_t,
+                                kernel, teacher_first=teacher_first, **kw)
+    assert got32.dtype == torch.float32
+    assert math.isclose(got32.item(), want.item(), rel_tol=1e-4)
+
+
+@pytest.mark.parametrize("kernel,kw,scale", KERNEL_CASES, ids=CASE_IDS)  # auto: σ detached
+def test_knn_lsp_loss_gradcheck_float64(kernel, kw, scale):
+    nbr_s, nbr_t = random_table(6, 2, seed=33), random_table(6, 3, seed=34)
+    f_s, f_t = features(6, 3, scale, seed=35).requires_grad_(), features(6, 4, scale, seed=36)
+    assert torch.autograd.gradcheck(
+        lambda fs: lsp_kd.knn_lsp_loss(fs, f_t, nbr_s, nbr_t, kernel, **kw), (f_s,))
+
+
+def test_knn_lsp_loss_half_precision_and_no_teacher_gradient():
+    nbr_s, nbr_t = tables("knn")
+    f_s = features(48, 8, 0.3, seed=37, dtype=torch.float16).requires_grad_()
+    f_t = features(48, 8, 0.3, seed=38, dtype=torch.float16).requires_grad_()
+    loss = lsp_kd.knn_lsp_loss(f_s, f_t, nbr_s, nbr_t)
+    assert loss.dtype == torch.float32 and loss.item() == lsp_kd.knn_lsp_loss(
+        f_s.float(), f_t.float(), nbr_s, nbr_t).item()
+    loss.backward()
+    assert f_t.grad is None and torch.isfinite(f_s.grad.float()).all()
+
+
+def test_knn_lsp_loss_errors():
+    nbr = torch.zeros(N_ERR, 2, dtype=torch.long)
+    cases = {"feat_s and feat_t must have the same N": (F_S, F_T[:5], nbr, nbr),
+             r"nbr_s must have a row for each of the N = 6 nodes, got \(5, 2\)":
+                 (F_S, F_T, nbr[:5], nbr),
+             "nbr_t refers to node 9": (F_S, F_T, nbr, nbr + 9),
+             "nbr_s refers to node -1": (F_S, F_T, nbr - 1, nbr),
+             "nbr_t must be a 2-d int64": (F_S, F_T, nbr, nbr.float()),
+             "nbr_s must be a 2-d int64": (F_S, F_T, nbr[:, 0], nbr),
+             "feat_t contains NaN": (F_S, F_T / 0, nbr, nbr)}
+    for says, args in cases.items():
+        with pytest.raises(ValueError, match=says):
+            lsp_kd.knn_lsp_loss(*args)
+    with pytest.raises(ValueError, match="unknown kernel 'cosine'"):
+        lsp_kd.knn_lsp_loss(F_S, F_T, nbr, nbr, "cosine")
+
+
+# ----------------------------------------------------------------------------------------
 # Baselines: KD, FitNet, AT
 
 def test_kd_softmax_matches_formula():
@@ -658,24 +752,23 @@ def random_graph(N, E, seed):
 
 
 def test_lsp_loss_pastes_alone():
-    """The source of check, number, check_edges, log_local_structure, lsp_loss, pair_blocks
-    and PairTerms, run where only torch exists (and the constants they read), gives the
-    module's numbers and gradients."""
+    """The source of lsp_kd.py from check to knn_lsp_loss, run where only torch exists (and
+    the constants they read), gives the module's numbers and gradients."""
     namespace = {"torch": torch, "F": torch.nn.functional, "BLOCK": lsp_kd.BLOCK,
                  "KERNELS": KERNELS, "math": math, "numbers": numbers}
-    for f in (lsp_kd.check, lsp_kd.number, lsp_kd.check_edges, log_local_structure, lsp_loss,
-              lsp_kd.pair_blocks, lsp_kd.PairTerms):
-        exec(inspect.getsource(f), namespace)
-    pasted = namespace["lsp_loss"]
+    source = inspect.getsource(lsp_kd)
+    exec(source[source.index("def check("):source.index("# Baselines of Sec. 4.1")], namespace)
     edge_index = random_graph(30, 120, seed=5)
+    nbr_s, nbr_t = random_table(30, 3, seed=52), random_table(30, 5, seed=53)
     f_s, f_t = features(30, 8, 0.5, seed=50).requires_grad_(), features(30, 4, 0.5, seed=51)
     for kernel in KERNELS:
         for kw in ({}, {"sigma": "auto"}) if kernel == "rbf" else ({},):
-            want = lsp_loss(f_s, f_t, edge_index, kernel, **kw)
-            got = pasted(f_s, f_t, edge_index, kernel, **kw)
-            assert want.item() > 1e-5 and got.item() == want.item()
-            assert torch.equal(torch.autograd.grad(got, f_s)[0],
-                               torch.autograd.grad(want, f_s)[0])
+            for name, args in (("lsp_loss", (edge_index,)), ("knn_lsp_loss", (nbr_s, nbr_t))):
+                want = getattr(lsp_kd, name)(f_s, f_t, *args, kernel, **kw)
+                got = namespace[name](f_s, f_t, *args, kernel, **kw)
+                assert want.item() > 1e-5 and got.item() == want.item()
+                assert torch.equal(torch.autograd.grad(got, f_s)[0],
+                                   torch.autograd.grad(want, f_s)[0])
 
 
 def median_sigma(feat, edge_index):
