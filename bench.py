@@ -3,7 +3,8 @@ and Table 4 (ModelNet40), on random inputs of the paper's sizes. A row is one tr
 the scripts' train_step takes it (forward, task loss, the row's term with the scripts' weight,
 backward, optimiser step; not their finiteness checks and logging).
 Time: the median over --repeats rounds that each run every row once, after --warmup untimed
-steps. Memory: the row's state (parameters, gradients, optimiser state) + the peak growth of live
+steps; a ratio to the student's time: the median over the rounds of the ratio in each round.
+Memory: the row's state (parameters, gradients, optimiser state) + the peak growth of live
 tensors over a step (CUDA: max_memory_allocated; CPU: the profiler's memory events); inputs and
 the frozen teacher are not counted. N nodes, E edges, B clouds, P points, F features.
 
@@ -223,15 +224,22 @@ def compare_pyg(args, device):
 
 
 def print_table(exp, rows, info):
-    """Seconds and MiB a step, their ratios to the student's; ModelNet40: (row - AT) / student."""
+    """Seconds and MiB a step, their ratios to the student's; ModelNet40: (row - AT) / student.
+    A time ratio is the median over rounds of the ratio within a round: what slows the
+    machine for a while slows a round's rows alike and cancels (a ratio of two medians
+    would take them from different rounds)."""
     print(f"\n== {exp} | {info}")
     s, own = rows["student"], exp == "modelnet"
+
+    def per_round(row, less=None):  # median over rounds of (row - less) / student
+        return statistics.median((t - (less["times"][n] if less else 0)) / s["times"][n]
+                                 for n, t in enumerate(row["times"]))
     print(f"{'row':<23} {'s/iter':>8} {'x time':>7} {'MiB':>8} {'x mem':>6}"
           + (f" {'(row-AT)/student':>16}" if own else ""))
     for m, r in rows.items():
-        r["x_time"], r["x_mem"] = r["seconds"] / s["seconds"], r["mem_mb"] / s["mem_mb"]
+        r["x_time"], r["x_mem"] = per_round(r), r["mem_mb"] / s["mem_mb"]
         if own and m in LSP:
-            r["lsp_own"] = (r["seconds"] - rows["at"]["seconds"]) / s["seconds"]
+            r["lsp_own"] = per_round(r, rows["at"])
         print(f"{m if m in ('teacher', 'student') else 'student+' + m:<23} {r['seconds']:8.3f} "
               f"{r['x_time']:7.2f} {r['mem_mb']:8.1f} {r['x_mem']:6.2f}"
               + (f" {r['lsp_own']:16.2f}" if "lsp_own" in r else ""))

@@ -109,7 +109,7 @@ def log_local_structure(feat, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0
     feat = feat.float() if feat.dtype in (torch.float16, torch.bfloat16) else feat
     src, dst = edge_index                                     # j, i: (E,) each
     # 1. What SIM needs of each pair, on every edge: z_iᵀz_j, ||z_i - z_j||₁ or ||z_i - z_j||²
-    t = PairTerms.apply(feat, dst, src[:, None], kernel)[:, 0]  # (E,)
+    t = PairTerms.apply(feat, dst, src[:, None], kernel)[:, 0]  # (E,): a row per edge
     # 2. SIM(z_i, z_j), Eq. (4) / (8)
     sim = similarity(t, kernel, sigma, degree, c, src != dst)  # (E,)
     # 3. Eq. (3): a softmax over each centre's incoming edges, in logs; each group's max is
@@ -126,7 +126,7 @@ def similarity(t, kernel, sigma, degree, c, pairs):
     where t belongs to a pair j ≠ i (σ = "auto" is the median distance over those)."""
     if kernel == "rbf":
         if sigma == "auto":  # NOTE: not the paper's σ = 1; a self-loop's distance is always 0
-            d2 = t.detach()[pairs]                            # loops (and repeats) left out
+            d2 = t.detach()[pairs]                            # self-loops left out
             sigma = d2.median().sqrt().clamp_min(1e-12) if d2.numel() else 1.0
         sim = torch.exp(-t / (2 * sigma ** 2))
     elif kernel == "poly":

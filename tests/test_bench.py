@@ -66,9 +66,20 @@ def test_modelnet_rows(tmp_path, capsys):
     assert "2 clouds x 32 points" in res["experiments"]["modelnet"]["sizes"]
     rows = check_rows(res, text, "modelnet")
     assert "(row-AT)/student" in text
-    for m in METHODS:  # LSP's own cost: (row - AT) / student, for the LSP rows only
+    for m in METHODS:  # LSP's own cost: (row - AT) / student, for the LSP rows only (1 round)
         own = (rows[m]["seconds"] - rows["at"]["seconds"]) / rows["student"]["seconds"]
         assert rows[m].get("lsp_own") == (pytest.approx(own) if m.startswith("lsp_") else None)
+
+
+def test_ratios_are_per_round_medians(capsys):
+    """A round slower for every row leaves its ratios as they were; the ratio of the medians
+    would not (LSP 1.6 / 1.0 here, its own cost 0.1)."""
+    times = {"student": [1.0, 1.0, 2.0], "at": [1.0, 1.5, 2.0], "lsp_rbf": [1.2, 1.6, 2.4]}
+    rows = {m: {"times": t, "seconds": sorted(t)[1], "mem_mb": 1.0} for m, t in times.items()}
+    bench.print_table("modelnet", rows, "")
+    assert rows["at"]["x_time"] == 1.0 and rows["lsp_rbf"]["x_time"] == pytest.approx(1.2)
+    assert rows["lsp_rbf"]["lsp_own"] == pytest.approx(0.2)     # 0.2, 0.1, 0.2 a round
+    assert "1.20" in capsys.readouterr().out
 
 
 def test_compare_pyg(tmp_path, capsys, monkeypatch):
