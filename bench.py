@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import os
 import pathlib
+import random
 import re
 import statistics
 import sys
@@ -62,22 +63,20 @@ def peak_growth(step, device):
 
 def run_rows(steps, args, device):
     """steps {row: (step, state bytes)} -> {row: {mem_mb: state + peak growth, times,
-    seconds: their median}}; each timed round runs every row once, in turn from another."""
+    seconds: their median}}; each timed round runs every row once, times[n] in round n."""
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     rows = {}
     for name, (step, state) in steps.items():
         for _ in range(args.warmup):  # no lazy init, no optimiser state created in the peak
             step()
         rows[name] = {"mem_mb": (peak_growth(step, device) + state()) / MB, "times": []}
-    names = list(steps)
-    for _ in range(args.repeats):
-        for name in names:
-            sync()
+    for n in range(args.repeats):  # a new order each round: a row runs slower after a large
+        for name in random.Random(n).sample(list(steps), len(steps)):  # one, so none may
+            sync()                                                      # mostly follow one
             t0 = time.perf_counter()
             steps[name][0]()
             sync()
             rows[name]["times"].append(time.perf_counter() - t0)
-        names = names[1:] + names[:1]  # next round: a row later; none always follows another
     return {name: {**r, "seconds": statistics.median(r["times"])} for name, r in rows.items()}
 
 

@@ -157,11 +157,15 @@ def test_out_folder_fails_before_the_benchmark(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err.startswith(f"error: --out {tmp_path} is a folder")
 
 
-def test_each_round_starts_a_row_later():
-    """No row always runs after the same one (after a large row the next one is slower)."""
+def test_each_round_runs_the_rows_in_a_new_order():
+    """After a large row the next one runs slower, so no row may mostly follow the same one
+    (a rotated order would keep b after a in all rounds but one)."""
     order = []
-    steps = {n: (lambda n=n: order.append(n), lambda: 0) for n in "abc"}
-    args = bench.get_args(["--repeats", "3", "--warmup", "1"])
+    steps = {n: (lambda n=n: order.append(n), lambda: 0) for n in "abcdef"}
+    args = bench.get_args(["--repeats", "12", "--warmup", "1"])
     rows = bench.run_rows(steps, args, torch.device("cpu"))
-    assert order[-9:] == list("abcbcacab")
-    assert all(len(r["times"]) == 3 for r in rows.values())
+    rounds = [order[-72:][i:i + 6] for i in range(0, 72, 6)]
+    assert all(sorted(r) == list("abcdef") for r in rounds) and len(set(map(tuple, rounds))) > 9
+    before = {n: [r[r.index(n) - 1] for r in rounds if r.index(n)] for n in "abcdef"}
+    assert all(max(map(p.count, p)) <= len(p) / 2 for p in before.values()), before
+    assert all(len(r["times"]) == 12 for r in rows.values())
