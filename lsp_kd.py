@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 KERNELS = ("rbf", "poly", "linear", "l2", "l1_official")  # SIM of Eq. (3), see below
-BLOCK = 2 ** 19  # numbers PairTerms gathers at once on the CPU (cache-sized); GPUs: 16×
+BLOCK = 2 ** 19  # numbers (rows of z_i and z_j) PairTerms gathers at once on the CPU; GPUs: 16×
 
 
 def check(name, x, dims, floating=True):
@@ -183,9 +183,10 @@ def lsp_loss(feat_s, feat_t, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0.
 
 
 def pair_blocks(feat, centre, nbr):
-    """PairTerms' blocks of rows: (slice r of the rows, z_i (rows, 1, F), z_j (rows, K, F))."""
+    """PairTerms' blocks of rows: (slice r of the rows, z_i (rows, 1, F), z_j (rows, K, F)),
+    (K + 1)·F numbers a row."""
     K, F_ = nbr.size(1), feat.size(1)
-    step = max(1, BLOCK * (1 if feat.device.type == "cpu" else 16) // max(K * F_, 1))
+    step = max(1, BLOCK * (1 if feat.device.type == "cpu" else 16) // max((K + 1) * F_, 1))
     for start in range(0, nbr.size(0), step):
         r = slice(start, start + step)
         ids = nbr[r]                                          # (rows, K)
@@ -231,7 +232,7 @@ class PairTerms(torch.autograd.Function):
                 d = z_j.sub_(z_i)
                 to_j = d.sign_().mul_(g) if ctx.kernel == "l1_official" else d.mul_(2 * g)
                 to_i = over_neighbours(to_j).neg()
-            grad.index_add_(0, centre[r], to_i)               # no alpha=-1: 2× slower
+            grad.index_add_(0, centre[r], to_i)  # to_i negated, not alpha=-1: 2× slower
             grad.index_add_(0, nbr[r].flatten(), to_j.flatten(0, 1))
         return grad, None, None, None
 
@@ -262,8 +263,9 @@ def knn_lsp_loss(feat_s, feat_t, nbr_s, nbr_t, kernel="rbf", sigma=1.0, degree=2
     NOTE: not in the paper, the same loss: each centre i has at most k_s + k_t neighbours, so
     its local structure is a row of an (N, k_s + k_t) table, and Eq. (3) a log_softmax along
     the row, repeats of a neighbour masked out: no union graph to build, no scatter over the
-    edges, and z_i taken once per row, not once per edge (ModelNet40: 0.8× the time of
-    union_graph and lsp_loss). Tested equal to them, gradients and gradcheck included.
+    edges, and z_i taken once per row, not once per edge (ModelNet40: 0.75-0.9× the time of
+    union_graph and lsp_loss, docs/performance.md). Tested equal to them, gradients and
+    gradcheck included.
     Args:
         feat_s, feat_t: (N, F_s), (N, F_t), as lsp_loss.
         nbr_s, nbr_t: (N, k_s), (N, k_t) int64 or int32, row i the neighbours j of centre i

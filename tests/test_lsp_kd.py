@@ -153,21 +153,21 @@ def random_table(N, K, seed):
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_pair_terms_equal_autograd(kernel, graph, monkeypatch):
     """PairTerms (blocks, a written-out backward) against autograd on the plain formula over
-    all pairs at once: the same values and gradients, in many blocks (BLOCK = 24 numbers),
-    on edge lists (a random graph with duplicates, self-loops, unsorted; a union of
-    kNN graphs) and on a table of 7 neighbours a centre; and float64 gradcheck."""
-    monkeypatch.setattr(lsp_kd, "BLOCK", 24)
+    all pairs at once: the same values and gradients, in many blocks of 3 rows, on edge
+    lists (a random graph with duplicates, self-loops, unsorted; a union of kNN graphs) and
+    on a table of 7 neighbours a centre; and float64 gradcheck."""
     if graph == "table":
         N = 30
         nbr, centre = random_table(N, 7, seed=6), torch.arange(N)
     else:
         edge_index = random_graph(30, 100, seed=6) if graph == "random" else knn_union()
         N, nbr, centre = int(edge_index.max()) + 1, edge_index[0, :, None], edge_index[1]
+    monkeypatch.setattr(lsp_kd, "BLOCK", 3 * (nbr.size(1) + 1) * 8)     # 3 rows a block
     feat = features(N, 8, 0.7, seed=7).requires_grad_()
     weights = torch.randn(nbr.shape, dtype=torch.float64)
     got = lsp_kd.PairTerms.apply(feat, centre, nbr, kernel)
     want = PAIR_TERMS[kernel](feat[centre][:, None], feat[nbr])
-    assert nbr.numel() * 8 > 10 * 24 and (nbr == centre[:, None]).any()  # many blocks, loops
+    assert nbr.size(0) > 9 * 3 and (nbr == centre[:, None]).any()      # many blocks, loops
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(torch.autograd.grad((got * weights).sum(), feat)[0],
                                torch.autograd.grad((want * weights).sum(), feat)[0],
@@ -177,7 +177,7 @@ def test_pair_terms_equal_autograd(kernel, graph, monkeypatch):
 
 
 def test_local_structure_in_edge_blocks():
-    """The pairs are gathered in blocks of 2^18 // F edges: with F = 2^15 a block is 8
+    """The pairs are gathered in blocks of BLOCK // 2F edges: with F = 2^15 a block is 8
     edges, so 300 edges make 38 blocks; values and gradients of every kernel must equal a
     one-shot computation (per-centre log_softmax of SIM over all edges at once)."""
     g = torch.Generator().manual_seed(3)
@@ -570,6 +570,22 @@ def test_knn_lsp_loss_gradcheck_float64(kernel, kw, scale):
     f_s, f_t = features(6, 3, scale, seed=35).requires_grad_(), features(6, 4, scale, seed=36)
     assert torch.autograd.gradcheck(
         lambda fs: lsp_kd.knn_lsp_loss(fs, f_t, nbr_s, nbr_t, kernel, **kw), (f_s,))
+
+
+def test_knn_lsp_loss_empty_and_loops_only():
+    """No nodes, no neighbours, and neighbours that are all the centre itself (σ = "auto"
+    then has no pair j ≠ i and falls back to 1): as lsp_loss over union_graph, finite."""
+    f_s, f_t = features(5, 3, 0.5, seed=39).requires_grad_(), features(5, 4, 0.5, seed=40)
+    loops = torch.arange(5)[:, None].expand(5, 2)
+    for nbr_s, nbr_t in ((loops[:, :0], loops[:, :0]), (loops, loops[:, :1]), (loops, loops)):
+        union = union_graph(table_edges(nbr_s), table_edges(nbr_t), 5)
+        for kw in ({}, {"sigma": "auto"}):
+            got = lsp_kd.knn_lsp_loss(f_s, f_t, nbr_s, nbr_t, **kw)
+            assert got.item() == lsp_loss(f_s, f_t, union, **kw).item() == 0.0
+            assert torch.isfinite(torch.autograd.grad(got, f_s)[0]).all()
+    none = torch.zeros(0, 3)
+    assert lsp_kd.knn_lsp_loss(none, none, torch.zeros(0, 2, dtype=torch.long),
+                               torch.zeros(0, 4, dtype=torch.long)).item() == 0.0
 
 
 def test_knn_lsp_loss_half_precision_and_no_teacher_gradient():
