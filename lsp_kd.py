@@ -53,16 +53,12 @@ def number(name, x, ok, must, integer=False):
     return x
 
 
-def check_edges(name, edge_index, N):
-    """edge_index if it is a (2, E) int64 or int32 tensor of nodes in [0, N); else a TypeError
-    or ValueError that names it."""
-    if check(name, edge_index, 2, floating=False).size(0) != 2:
-        raise ValueError(f"{name} must be (2, E), got {tuple(edge_index.shape)}")
-    return check_ids(name, edge_index, N)
-
-
-def check_ids(name, ids, N):
-    """ids if all of them lie in [0, N); else a ValueError that names it."""
+def check_ids(name, ids, N, rows, shape):
+    """ids if it is a 2-d int64 or int32 tensor of `rows` rows (its shape: the string `shape`)
+    and nodes in [0, N): an edge list (2, E) or a neighbour table (N, k); else a TypeError or
+    ValueError that names it."""
+    if check(name, ids, 2, floating=False).size(0) != rows:
+        raise ValueError(f"{name} must be {shape}, got {tuple(ids.shape)}")
     if ids.numel():  # Python ints: N may lie beyond int32 ids' range
         lo, hi = torch.stack(ids.aminmax()).tolist()
         if lo < 0 or hi >= N:
@@ -104,7 +100,7 @@ def log_local_structure(feat, edge_index, kernel="rbf", sigma=1.0, degree=2, c=0
     check("feat", feat, 2)
     N = feat.size(0) if num_nodes is None else number(
         "num_nodes", num_nodes, lambda n: 0 <= n <= feat.size(0), "in [0, feat.size(0)]", True)
-    check_edges("edge_index", edge_index, N)
+    check_ids("edge_index", edge_index, N, 2, "(2, E)")
     check_kernel(kernel, sigma, degree, c)
     feat = feat.float() if feat.dtype in (torch.float16, torch.bfloat16) else feat
     src, dst = edge_index                                     # j, i: (E,) each
@@ -197,14 +193,12 @@ def pair_blocks(feat, centre, nbr):
 class PairTerms(torch.autograd.Function):
     """Step 1 of log_local_structure: for each centre i = centre[m] and each of its neighbours
     j = nbr[m, k], z_iᵀz_j (poly, linear), ||z_i - z_j||₁ (l1_official) or ||z_i - z_j||² (rbf,
-    l2); (N, F), (M,), (M, K) -> (M, K). An edge list is M = E rows of K = 1.
-    NOTE: not in the paper, the same numbers: the pairs are taken in blocks, so memory is
-    O(M·K + N·F), not O(M·K·F) (gigabytes on ModelNet40's union graph), and the backward pass
-    is written out, adding every block's gradient into one (N, F) buffer (autograd through the
-    blocks zero-fills a buffer per block: the LSP step was 3-5× slower). Distances come from
-    the gathered pairs, never as ||z_i||² + ||z_j||² - 2 z_iᵀz_j, which cancels in float32
-    once pairs lie much closer than the features' spread. Tested equal to autograd on the
-    plain formulas, gradcheck included. No second derivative."""
+    l2); (N, F), (M,), (M, K) -> (M, K); an edge list is M = E rows of K = 1.
+    NOTE: not in the paper, the same numbers, taken in blocks of pairs: memory O(M·K + N·F),
+    not O(M·K·F) (gigabytes on ModelNet40), and a backward pass that adds every block into one
+    (N, F) gradient (autograd zero-fills one per block: 3-5× slower). Distances come from the
+    pairs, never as ||z_i||² + ||z_j||² - 2 z_iᵀz_j (it cancels in float32 for close pairs).
+    Tested equal to autograd on the plain formulas, gradcheck included. No second derivative."""
     @staticmethod
     def forward(ctx, feat, centre, nbr, kernel):
         ctx.save_for_backward(feat, centre, nbr)
@@ -250,8 +244,8 @@ def union_graph(edge_index_s, edge_index_t, num_nodes):
     centre i, then by source j."""
     number("num_nodes", num_nodes, lambda n: 0 <= n and int(n) ** 2 < 2 ** 63,  # the key
            "in [0, 3.03e9): the key i·N + j of an edge is an int64", integer=True)
-    edges = torch.cat([check_edges("edge_index_s", edge_index_s, num_nodes),
-                       check_edges("edge_index_t", edge_index_t, num_nodes)], 1).long()
+    edges = torch.cat([check_ids(f"edge_index_{m}", e, num_nodes, 2, "(2, E)")
+                       for m, e in (("s", edge_index_s), ("t", edge_index_t))], 1).long()
     key = torch.unique(edges[1] * num_nodes + edges[0])       # (E_u,) sorted: by i, then j
     return torch.stack([key % num_nodes, key // num_nodes])   # (2, E_u)
 
@@ -277,10 +271,7 @@ def knn_lsp_loss(feat_s, feat_t, nbr_s, nbr_t, kernel="rbf", sigma=1.0, degree=2
         raise ValueError(f"feat_s and feat_t must have the same N, got {tuple(feat_s.shape)} "
                          f"and {tuple(feat_t.shape)}")
     for name, nbr in (("nbr_s", nbr_s), ("nbr_t", nbr_t)):
-        if check(name, nbr, 2, floating=False).size(0) != N:
-            raise ValueError(f"{name} must have a row for each of the N = {N} nodes, got "
-                             f"{tuple(nbr.shape)}")
-        check_ids(name, nbr, N)
+        check_ids(name, nbr, N, N, f"(N, k), a row for each of the N = {N} nodes")
     check_kernel(kernel, sigma, degree, c)
     nbr = torch.cat([nbr_s, nbr_t], 1).long().sort(1).values  # (N, K) row i: its j, ascending
     keep = torch.ones_like(nbr, dtype=torch.bool)             # (N, K) each edge (j, i) once

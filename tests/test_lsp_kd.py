@@ -602,7 +602,7 @@ def test_knn_lsp_loss_half_precision_and_no_teacher_gradient():
 def test_knn_lsp_loss_errors():
     nbr = torch.zeros(N_ERR, 2, dtype=torch.long)
     cases = {"feat_s and feat_t must have the same N": (F_S, F_T[:5], nbr, nbr),
-             r"nbr_s must have a row for each of the N = 6 nodes, got \(5, 2\)":
+             r"nbr_s must be \(N, k\), a row for each of the N = 6 nodes, got \(5, 2\)":
                  (F_S, F_T, nbr[:5], nbr),
              "nbr_t refers to node 9": (F_S, F_T, nbr, nbr + 9),
              "nbr_s refers to node -1": (F_S, F_T, nbr - 1, nbr),
