@@ -2,6 +2,10 @@
 and Table 4 (ModelNet40), on random inputs of the paper's sizes. A row is one training step as
 the scripts' train_step takes it (forward, task loss, the row's term with the scripts' weight,
 backward, optimiser step; not their finiteness checks and logging).
+Rows "<LSP row> alone": that LSP term and its backward pass, nothing else, on fixed features of
+one student step: LSP's own cost measured directly. ModelNet40's last column, (LSP row - AT row)
+/ student, measures the same as the difference of two whole steps 10-15 times longer, and
+carries their noise.
 Time: the median over --repeats rounds that each run every row once, after --warmup untimed
 steps; a ratio to the student's time: the median over the rounds of the ratio in each round.
 Memory: the row's state (parameters, gradients, optimiser state) + the peak growth of live
@@ -105,6 +109,14 @@ def make_rows(teacher, student, loss, widths, device, make_opt):
     return {row: trainer(row) for row in ROWS}
 
 
+def alone_rows(lsp, feat_s):
+    """{"<lsp row> alone": (step, state bytes)}: lsp(row, f) and its backward pass, with the
+    scripts' weight, on f = feat_s (a student's features, fixed), nothing else."""
+    def step(row):
+        (WEIGHTS["lsp"] * lsp(row, feat_s.detach().requires_grad_())).backward()
+    return {f"{row} alone": (lambda row=row: step(row), lambda: 0) for row in LSP}
+
+
 def total_loss(row, task, terms):
     """The scripts' sums: (1 - α) task + α KD, or task + weight × the row's term()."""
     method = "lsp" if row in LSP else row
@@ -138,12 +150,14 @@ def bench_ppi(args, device):
         log_ls_t = {row: torch.cat([lsp_kd.log_local_structure(f, e, *LSP[row])  # (E,)
                                     for f, e in zip(feat_t.split(n), graphs)]) for row in LSP}
 
+    def lsp(row, feat_s):
+        return lsp_kd.lsp_loss(feat_s, None, ei, *LSP[row], log_ls_t=log_ls_t[row])
+
     def loss(row, model, learned):  # train_ppi.py's train_step
         feats, logits = model(x, ei, return_feats=True)                # [(N, H*F)], (N, 121)
         feat_s = feats[-1]                                              # (N, 136)
         terms = {"kd": lambda: lsp_kd.kd_loss(logits, logits_t, T=KD_T, multilabel=True),
-                 "lsp": lambda: lsp_kd.lsp_loss(feat_s, None, ei, *LSP[row],
-                                                log_ls_t=log_ls_t[row]),
+                 "lsp": lambda: lsp(row, feat_s),
                  "at": lambda: lsp_kd.at_loss(feat_s, feat_t, batch),
                  "fitnet": lambda: lsp_kd.fitnet_loss(feat_s, feat_t, learned),
                  "hkd": lambda: lsp_kd.hkd_loss(feat_s, feat_t, learned)}  # over the nodes
@@ -153,6 +167,9 @@ def bench_ppi(args, device):
     w = (hidden.heads * hidden.out_dim, feat_t.size(1))                # 136 -> 1024
     steps = make_rows(models.gat_teacher, models.gat_student, loss, {"fitnet": w, "hkd": w},
                       device, lambda ps: torch.optim.Adam(ps, lr=0.005))
+    with torch.no_grad():
+        torch.manual_seed(0)
+        steps |= alone_rows(lsp, models.gat_student().to(device)(x, ei, return_feats=True)[0][-1])
     return steps, f"2 graphs x {n} nodes, {ei.size(1)} edges (in-degree {ei.size(1) / 2 / n:.1f})"
 
 
@@ -165,6 +182,10 @@ def bench_modelnet(args, device):
     cloud = torch.arange(B, device=device).repeat_interleave(P)        # (B*P,) cloud of a point
     teacher = models.dgcnn_teacher().to(device).eval().requires_grad_(False)
     hkd_k = min(8, B - 1)  # hkd_loss's k = 8 needs 9 clouds
+
+    def lsp(row, feat_s, feat_t, ei_s, ei_t):
+        return lsp_kd.knn_lsp_loss(feat_s, feat_t, ei_s[0].view(B * P, -1),
+                                   ei_t[0].view(B * P, -1), *LSP[row])
 
     def loss(row, model, learned):  # train_modelnet.py's train_step
         feats, pooled = model.embed(pts)  # per EdgeConv ((B*P, F), (2, B*P*k)); (B, F_g)
@@ -180,8 +201,7 @@ def bench_modelnet(args, device):
                 feats_t = teacher.edge_features(pts)
         (feat_s, ei_s), (feat_t, ei_t) = feats[-1], feats_t[-1]       # (B*P, F), (2, E)
         terms = {"kd": lambda: lsp_kd.kd_loss(logits, logits_t, T=KD_T),
-                 "lsp": lambda: lsp_kd.knn_lsp_loss(feat_s, feat_t, ei_s[0].view(B * P, -1),
-                                                    ei_t[0].view(B * P, -1), *LSP[row]),
+                 "lsp": lambda: lsp(row, feat_s, feat_t, ei_s, ei_t),
                  "at": lambda: lsp_kd.at_loss(feat_s, feat_t, cloud),
                  "fitnet": lambda: lsp_kd.fitnet_loss(feat_s, feat_t, learned),
                  "hkd": lambda: lsp_kd.hkd_loss(pooled, pooled_t, learned, k=hkd_k)}
@@ -192,6 +212,11 @@ def bench_modelnet(args, device):
               "hkd": (s.global_dim, teacher.global_dim)}                # 128 -> 256, 256 -> 2048
     steps = make_rows(models.dgcnn_teacher, models.dgcnn_student, loss, widths, device,
                       lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-4))
+    with torch.no_grad():
+        torch.manual_seed(0)
+        (feat_s, ei_s), (feat_t, ei_t) = (models.dgcnn_student().to(device).embed(pts)[0][-1],
+                                          teacher.edge_features(pts)[-1])
+    steps |= alone_rows(lambda row, f: lsp(row, f, feat_t, ei_s, ei_t), feat_s)
     return steps, f"{B} clouds x {P} points; HKD k {hkd_k}"
 
 
@@ -239,7 +264,8 @@ def print_table(exp, rows, info):
         r["x_time"], r["x_mem"] = per_round(r), r["mem_mb"] / s["mem_mb"]
         if own and m in LSP:
             r["lsp_own"] = per_round(r, rows["at"])
-        print(f"{m if m in ('teacher', 'student') else 'student+' + m:<23} {r['seconds']:8.3f} "
+        label = m if m in ("teacher", "student") or m.endswith(" alone") else "student+" + m
+        print(f"{label:<23} {r['seconds']:8.3f} "
               f"{r['x_time']:7.2f} {r['mem_mb']:8.1f} {r['x_mem']:6.2f}"
               + (f" {r['lsp_own']:16.2f}" if "lsp_own" in r else ""))
 

@@ -14,6 +14,7 @@ import lsp_kd
 
 METHODS = (["teacher", "student", "kd", "at", "fitnet"] + [f"lsp_{k}" for k in lsp_kd.KERNELS]
            + ["lsp_rbf_auto", "hkd"])
+ALONE = [f"{m} alone" for m in METHODS if m.startswith("lsp_")]  # LSP's term alone, no model
 TINY = ["--quick", "--repeats", "1", "--warmup", "1", "--device", "cpu", "--threads", "1"]
 
 
@@ -39,14 +40,14 @@ def run(tmp_path, capsys, *flags):
 
 def check_rows(res, text, exp):
     rows = res["experiments"][exp]["rows"]
-    assert list(rows) == METHODS
+    assert list(rows) == METHODS + ALONE
     for name, r in rows.items():
         assert len(r["times"]) == 1 and 0 < r["seconds"] < math.inf, (name, r)
         assert 0 < r["mem_mb"] < math.inf, (name, r)
-    for m in METHODS:
+    for m in METHODS + ALONE:
         assert math.isfinite(rows[m]["x_time"]) and math.isfinite(rows[m]["x_mem"])
-        label = m if m in ("teacher", "student") else f"student+{m}"
-        line = next(ln for ln in text.splitlines() if ln.split()[:1] == [label])
+        label = m if m in ["teacher", "student"] + ALONE else f"student+{m}"
+        line = next(ln for ln in text.splitlines() if ln.startswith(label + " "))
         assert f"{rows[m]['x_mem']:.2f}" in line, line
     assert rows["student"]["x_time"] == rows["student"]["x_mem"] == 1.0
     assert rows["teacher"]["mem_mb"] > rows["student"]["mem_mb"]  # 18-20x the parameters
@@ -80,6 +81,23 @@ def test_ratios_are_per_round_medians(capsys):
     assert rows["at"]["x_time"] == 1.0 and rows["lsp_rbf"]["x_time"] == pytest.approx(1.2)
     assert rows["lsp_rbf"]["lsp_own"] == pytest.approx(0.2)     # 0.2, 0.1, 0.2 a round
     assert "1.20" in capsys.readouterr().out
+
+
+def test_alone_rows_run_the_lsp_term_only():
+    """One row per LSP row: its term's forward and backward pass on a leaf copy of the
+    features, with the scripts' weight; the features given stay as they were."""
+    seen, feat = [], torch.randn(5, 3)
+
+    def lsp(row, f):
+        assert f.is_leaf and f.requires_grad and torch.equal(f, feat)
+        seen.append(row)
+        return (f * f).sum()
+    steps = bench.alone_rows(lsp, feat)
+    assert list(steps) == ALONE
+    for step, state in steps.values():
+        step()
+        assert state() == 0
+    assert seen == [m for m in METHODS if m.startswith("lsp_")] and feat.grad is None
 
 
 def test_compare_pyg(tmp_path, capsys, monkeypatch):
