@@ -4,8 +4,8 @@ the scripts' train_step takes it (forward, task loss, the row's term with the sc
 backward, optimiser step; not their finiteness checks and logging).
 Rows "<LSP row> alone": that LSP term and its backward pass, nothing else, on fixed features of
 one student step: LSP's own cost measured directly. ModelNet40's last column, (LSP row - AT row)
-/ student, measures the same as the difference of two whole steps 10-15 times longer, and
-carries their noise.
+/ student, measures about the same as the difference of two whole steps 10-15 times longer,
+and carries their noise.
 Time: the median over --repeats rounds that each run every row once, after --warmup untimed
 steps; a ratio to the student's time: the median over the rounds of the ratio in each round.
 Memory: the row's state (parameters, gradients, optimiser state) + the peak growth of live

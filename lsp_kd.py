@@ -207,10 +207,10 @@ class PairTerms(torch.autograd.Function):
         for r, z_i, z_j in pair_blocks(feat, centre, nbr):
             if kernel in ("poly", "linear"):
                 t[r] = (z_i * z_j).sum(-1)                    # z_iᵀz_j
-            elif kernel == "l1_official":
-                t[r] = (z_i - z_j).abs_().sum(-1)             # ||z_i - z_j||₁
+            elif kernel == "l1_official":  # z_j - z_i in place: z_j is a fresh gather
+                t[r] = z_j.sub_(z_i).abs_().sum(-1)           # ||z_i - z_j||₁
             else:
-                t[r] = (z_i - z_j).pow_(2).sum(-1)            # ||z_i - z_j||²
+                t[r] = z_j.sub_(z_i).pow_(2).sum(-1)          # ||z_i - z_j||²
         return t
 
     @staticmethod

@@ -90,14 +90,31 @@ def test_alone_rows_run_the_lsp_term_only():
 
     def lsp(row, f):
         assert f.is_leaf and f.requires_grad and torch.equal(f, feat)
-        seen.append(row)
+        seen.append((row, f))
         return (f * f).sum()
     steps = bench.alone_rows(lsp, feat)
     assert list(steps) == ALONE
     for step, state in steps.values():
         step()
         assert state() == 0
-    assert seen == [m for m in METHODS if m.startswith("lsp_")] and feat.grad is None
+        assert torch.equal(seen[-1][1].grad, 2 * bench.WEIGHTS["lsp"] * feat)  # backward ran
+    assert [r for r, _ in seen] == [m for m in METHODS if m.startswith("lsp_")]
+    assert feat.grad is None
+
+
+@pytest.mark.parametrize("exp, loss", [("ppi", "lsp_loss"), ("modelnet", "knn_lsp_loss")])
+def test_alone_rows_call_what_the_lsp_rows_call(exp, loss, tmp_path, capsys, monkeypatch):
+    """The same loss, kernel, σ, graph and cached teacher; features of the same shape."""
+    calls, real = {True: set(), False: set()}, getattr(lsp_kd, loss)
+
+    def spy(*args, **kw):  # in an LSP row the features come from the model, alone a leaf
+        key = tuple(tuple(a.shape) if torch.is_tensor(a) else a for a in args)
+        calls[args[0].is_leaf].add(key + tuple(id(v) for v in kw.values()))
+        return real(*args, **kw)
+    monkeypatch.setattr(lsp_kd, loss, spy)
+    sizes = ["--ppi-nodes", "64"] if exp == "ppi" else ["--clouds", "2", "--points", "32"]
+    run(tmp_path, capsys, "--only", exp, *sizes)
+    assert len(calls[True]) == len(ALONE) and calls[True] == calls[False]
 
 
 def test_compare_pyg(tmp_path, capsys, monkeypatch):
