@@ -168,8 +168,9 @@ def bench_ppi(args, device):
     steps = make_rows(models.gat_teacher, models.gat_student, loss, {"fitnet": w, "hkd": w},
                       device, lambda ps: torch.optim.Adam(ps, lr=0.005))
     with torch.no_grad():
-        torch.manual_seed(0)
-        steps |= alone_rows(lsp, models.gat_student().to(device)(x, ei, return_feats=True)[0][-1])
+        torch.manual_seed(0)  # the rows' student, as make_rows seeds it
+        feat_s = models.gat_student().to(device)(x, ei, return_feats=True)[0][-1]   # (N, 136)
+    steps |= alone_rows(lsp, feat_s)
     return steps, f"2 graphs x {n} nodes, {ei.size(1)} edges (in-degree {ei.size(1) / 2 / n:.1f})"
 
 
@@ -213,7 +214,7 @@ def bench_modelnet(args, device):
     steps = make_rows(models.dgcnn_teacher, models.dgcnn_student, loss, widths, device,
                       lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-4))
     with torch.no_grad():
-        torch.manual_seed(0)
+        torch.manual_seed(0)  # the rows' student, as make_rows seeds it
         (feat_s, ei_s), (feat_t, ei_t) = (models.dgcnn_student().to(device).embed(pts)[0][-1],
                                           teacher.edge_features(pts)[-1])
     steps |= alone_rows(lambda row, f: lsp(row, f, feat_t, ei_s, ei_t), feat_s)
