@@ -235,12 +235,15 @@ def teacher_run(args, lr, config, data_name, run_dir):
 
 
 def pick_device(name):
-    """--device -> torch.device; deterministic algorithms on the CPU: seeded runs repeat."""
+    """--device -> torch.device; deterministic algorithms on the CPU: seeded runs repeat. Not
+    their NaN-filling of each new tensor (torch.empty), a check for reads of uninitialised
+    memory that none here makes: 4-7% of a ModelNet40 CPU step, 14% of its LSP term."""
     if name == "cuda" and not torch.cuda.is_available():
         fail("--device cuda, but torch.cuda.is_available() is False (no GPU, or a CPU-only "
              "torch build); use --device cpu or auto")
     name = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
     torch.use_deterministic_algorithms(name == "cpu")
+    torch.utils.deterministic.fill_uninitialized_memory = False
     return torch.device(name)
 
 
