@@ -22,9 +22,11 @@ TINY = ["--quick", "--repeats", "1", "--warmup", "1", "--device", "cpu", "--thre
 def torch_settings():
     """main() sets the thread count and (common.pick_device) deterministic algorithms."""
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
     yield
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic)
+    torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def run(tmp_path, capsys, *flags):

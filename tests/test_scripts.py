@@ -455,13 +455,15 @@ def test_a_seeded_command_repeats_bit_for_bit(script):
     assert run(script, "--dry-run", "--seed", "1", "--out-dir", "c")["seed"] == 1
 
 
+@pytest.mark.parametrize("flags", [["--lsp", "--sigma", "auto", "--at", "--kd", "--fitnet"],
+                                   ["--lsp", "--kernel", "poly", "--hkd"]])
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_no_read_of_uninitialised_memory(script, monkeypatch):
+def test_no_read_of_uninitialised_memory(script, flags, monkeypatch):
     """pick_device turns off deterministic mode's NaN-filling of new tensors (for speed): with
     it on, where a read of uninitialised memory would show, a seeded run gives the same."""
-    a = run(script, "--dry-run", "--lsp", "--fitnet", "--out-dir", "a")
+    monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", False)
+    a = run(script, "--dry-run", "--device", "cpu", *flags, "--out-dir", "a")
     assert torch.utils.deterministic.fill_uninitialized_memory is False
-    monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", False)  # after it
     pick_device = common.pick_device
 
     def filling(name):
@@ -469,7 +471,7 @@ def test_no_read_of_uninitialised_memory(script, monkeypatch):
         torch.utils.deterministic.fill_uninitialized_memory = True
         return device
     monkeypatch.setattr(common, "pick_device", filling)
-    assert strip(a) == strip(run(script, "--dry-run", "--lsp", "--fitnet", "--out-dir", "b"))
+    assert strip(a) == strip(run(script, "--dry-run", "--device", "cpu", *flags, "--out-dir", "b"))
 
 
 PPI_SHORT = ["--data", "synthetic", "--scale", "0.03", "--teacher-epochs", "6", "--epochs", "7",
